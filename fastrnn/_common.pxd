@@ -1,0 +1,109 @@
+# Shared by the compiled modules: the fused precision type, the C helpers of
+# csrc/ and thin typed wrappers over them and over BLAS.  Everything here is
+# inline and nogil; nothing here allocates or raises.
+from cython cimport floating
+from scipy.linalg.cython_blas cimport sgemm, dgemm
+
+
+cdef extern from "activations.h" nogil:
+    float fr_sigmoidf(float x)
+    float fr_tanhf(float x)
+    float fr_reluf(float x)
+    double fr_sigmoid(double x)
+    double fr_tanh(double x)
+    double fr_relu(double x)
+
+
+cdef extern from "rgemm.h" nogil:
+    enum:
+        FR_NR_F32
+        FR_NR_F64
+    size_t fr_packed_len(long N, long K, long nr)
+    void fr_pack_rows_f32(float *Wp, const float *W, long ldw, long N, long K, long p0, long p1)
+    void fr_pack_rows_f64(double *Wp, const double *W, long ldw, long N, long K, long p0, long p1)
+    void fr_pack_cols_f32(float *Wp, const float *S, long lds, long N, long K, long p0, long p1)
+    void fr_pack_cols_f64(double *Wp, const double *S, long lds, long N, long K, long p0, long p1)
+    void fr_rgemm_f32(long M, long N, long K, const float *A, long lda,
+                      const float *Wp, float *C, long ldc, int accumulate)
+    void fr_rgemm_f64(long M, long N, long K, const double *A, long lda,
+                      const double *Wp, double *C, long ldc, int accumulate)
+
+
+cdef extern from "omp_compat.h" nogil:
+    enum:
+        FR_HAVE_OPENMP
+    int fr_omp_get_max_threads()
+
+
+cdef inline floating sigmoid(floating x) noexcept nogil:
+    if floating is float:
+        return fr_sigmoidf(x)
+    else:
+        return fr_sigmoid(x)
+
+
+cdef inline floating tanh(floating x) noexcept nogil:
+    if floating is float:
+        return fr_tanhf(x)
+    else:
+        return fr_tanh(x)
+
+
+cdef inline floating relu(floating x) noexcept nogil:
+    if floating is float:
+        return fr_reluf(x)
+    else:
+        return fr_relu(x)
+
+
+cdef inline Py_ssize_t panel_width(floating dummy) noexcept nogil:
+    """Columns per panel of a packed matrix (two SIMD vectors)."""
+    if floating is float:
+        return FR_NR_F32
+    else:
+        return FR_NR_F64
+
+
+cdef inline void pack_rows(floating *packed, const floating *w, Py_ssize_t ldw,
+                           Py_ssize_t n, Py_ssize_t k, Py_ssize_t p0, Py_ssize_t p1) noexcept nogil:
+    """Panels [p0, p1) of w (n x k) for products A @ w.T."""
+    if floating is float:
+        fr_pack_rows_f32(packed, w, ldw, n, k, p0, p1)
+    else:
+        fr_pack_rows_f64(packed, w, ldw, n, k, p0, p1)
+
+
+cdef inline void pack_cols(floating *packed, const floating *s, Py_ssize_t lds,
+                           Py_ssize_t n, Py_ssize_t k, Py_ssize_t p0, Py_ssize_t p1) noexcept nogil:
+    """Panels [p0, p1) of s (k x n) for products A @ s."""
+    if floating is float:
+        fr_pack_cols_f32(packed, s, lds, n, k, p0, p1)
+    else:
+        fr_pack_cols_f64(packed, s, lds, n, k, p0, p1)
+
+
+cdef inline void rgemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                       const floating *a, Py_ssize_t lda, const floating *packed,
+                       floating *c, Py_ssize_t ldc, bint accumulate) noexcept nogil:
+    """c (m x n) = [c +] a (m x k) @ w.T with w packed by pack_rows/pack_cols."""
+    if floating is float:
+        fr_rgemm_f32(m, n, k, a, lda, packed, c, ldc, accumulate)
+    else:
+        fr_rgemm_f64(m, n, k, a, lda, packed, c, ldc, accumulate)
+
+
+cdef inline void gemm(bint trans_a, bint trans_b, int m, int n, int k,
+                      floating alpha, const floating *a, int lda,
+                      const floating *b, int ldb,
+                      floating beta, floating *c, int ldc) noexcept nogil:
+    """Row-major c (m x n) = alpha op(a) op(b) + beta c through BLAS.
+
+    BLAS is column-major: the row-major c is the column-major c.T, and
+    c.T = op(b).T op(a).T, so the operands swap places.
+    """
+    cdef char ta = b'T' if trans_b else b'N'
+    cdef char tb = b'T' if trans_a else b'N'
+    if floating is float:
+        sgemm(&ta, &tb, &n, &m, &k, &alpha, <float *>b, &ldb, <float *>a, &lda, &beta, c, &ldc)
+    else:
+        dgemm(&ta, &tb, &n, &m, &k, &alpha, <double *>b, &ldb, <double *>a, &lda, &beta, c, &ldc)

@@ -1,0 +1,4 @@
+"""Runnable demonstrations: `python -m fastrnn demo NAME`."""
+DEMOS = {
+    "sine": "fastrnn.demos.sine",
+}

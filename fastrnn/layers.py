@@ -1,0 +1,410 @@
+"""Recurrent layers: RNN (tanh or ReLU), LSTM and GRU, stacked, bidirectional,
+with ragged batches through `lengths`.
+
+Names, shapes, gate orders and semantics are PyTorch's (torch.nn.RNN, LSTM,
+GRU), so that weights move between the two without conversion.  Differences:
+arrays are NumPy's, and the backward pass is explicit, `layer.backward(dy)`,
+accumulating into `layer.grads`.
+
+This module validates, converts and allocates; the compiled kernels in
+fastrnn._recurrence run one (layer, direction) over the whole sequence each.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from fastrnn import _recurrence
+from fastrnn._checks import (as_float_array, check_bool, check_dtype, check_lengths,
+                             check_probability, check_shape, check_size, make_rng)
+from fastrnn._module import Module
+from fastrnn._threads import get_num_threads
+
+__all__ = ["RNN", "LSTM", "GRU"]
+
+
+class Packing:
+    """Where each (time, sequence) of a padded (T, B, .) batch lives in the
+    packed rows the kernels work on: sequences sorted by length, longest
+    first; the rows of time t are the sequences still running at t."""
+
+    def __init__(self, T: int, B: int, lengths: np.ndarray | None = None) -> None:
+        self.T, self.B = T, B
+        if lengths is None or bool((lengths == T).all()):
+            self.order = None            # no reordering, every step full
+            self.batch_sizes = np.full(T, B, dtype=np.intp)
+            self.N = T * B
+            return
+        order = np.argsort(-lengths, kind="stable")
+        steps = int(lengths[order[0]])
+        # batch_sizes[t] = number of sequences longer than t
+        self.batch_sizes = (B - np.cumsum(np.bincount(lengths, minlength=T + 1)))[:steps].astype(np.intp)
+        self.N = int(self.batch_sizes.sum())
+        offsets = np.cumsum(self.batch_sizes) - self.batch_sizes
+        self.order = order
+        self.time_index = np.repeat(np.arange(steps), self.batch_sizes)
+        self.batch_index = order[np.arange(self.N) - np.repeat(offsets, self.batch_sizes)]
+
+    def pack(self, a: np.ndarray) -> np.ndarray:
+        """(T, B, F) with any strides -> (N, F) contiguous."""
+        if self.order is None:
+            return np.ascontiguousarray(a).reshape(self.N, a.shape[2])
+        return a[self.time_index, self.batch_index]
+
+    def unpack(self, packed: np.ndarray) -> np.ndarray:
+        """(N, F) -> (T, B, F), zeros past each sequence's end."""
+        if self.order is None:
+            return packed.reshape(self.T, self.B, packed.shape[1])
+        out = np.zeros((self.T, self.B, packed.shape[1]), dtype=packed.dtype)
+        out[self.time_index, self.batch_index] = packed
+        return out
+
+    def to_packed(self, state: np.ndarray) -> np.ndarray:
+        """(S, B, H) in batch order -> (S, B, H) contiguous in packed order."""
+        if self.order is None:
+            return np.ascontiguousarray(state)
+        return np.take(state, self.order, axis=1)
+
+    def from_packed(self, state: np.ndarray) -> np.ndarray:
+        if self.order is None:
+            return state
+        out = np.empty_like(state)
+        out[:, self.order] = state
+        return out
+
+
+class _Tape:
+    """What a training forward keeps for its backward."""
+
+    def __init__(self, packing, batched, out_shape, layers, c_0):
+        self.packing = packing
+        self.batched = batched
+        self.out_shape = out_shape   # shape of the output as returned
+        self.layers = layers         # per layer: (input (N, I_k), [per direction (gates, saved, h_prev)], dropout mask)
+        self.c_0 = c_0               # LSTM initial cell state, packed order
+
+
+class _RNNBase(Module):
+    def __init__(self, mode: str, input_size: int, hidden_size: int, num_layers: int = 1,
+                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
+                 bidirectional: bool = False, dtype=np.float32, seed=None) -> None:
+        super().__init__(check_dtype(dtype))
+        self.mode = mode
+        self.input_size = check_size("input_size", input_size)
+        self.hidden_size = check_size("hidden_size", hidden_size)
+        self.num_layers = check_size("num_layers", num_layers)
+        self.bias = check_bool("bias", bias)
+        self.batch_first = check_bool("batch_first", batch_first)
+        self.dropout = check_probability("dropout", dropout)
+        self.bidirectional = check_bool("bidirectional", bidirectional)
+        if self.dropout > 0 and self.num_layers == 1:
+            warnings.warn("dropout acts between recurrent layers, so with num_layers=1 it does nothing "
+                          f"(dropout={self.dropout})", UserWarning, stacklevel=3)
+        self._rng = make_rng(seed)
+        self._cell = _recurrence.CELLS[mode]
+        G, H, D = _recurrence.GATES[self._cell], self.hidden_size, self.num_directions
+        # PyTorch's default: every parameter uniform in +-1/sqrt(hidden_size)
+        k = 1.0 / np.sqrt(H)
+        for layer in range(self.num_layers):
+            layer_input = self.input_size if layer == 0 else D * H
+            for d in range(D):
+                s = _suffix(layer, d)
+                self._add_param(f"weight_ih{s}", self._rng.uniform(-k, k, (G * H, layer_input)))
+                self._add_param(f"weight_hh{s}", self._rng.uniform(-k, k, (G * H, H)))
+                if self.bias:
+                    self._add_param(f"bias_ih{s}", self._rng.uniform(-k, k, G * H))
+                    self._add_param(f"bias_hh{s}", self._rng.uniform(-k, k, G * H))
+        self._zero_bias = np.zeros(G * H, dtype=self.dtype)
+        self._no_rows = np.empty((0, H), dtype=self.dtype)
+        self._no_bias = np.empty(0, dtype=self.dtype)
+        self._tape: _Tape | None = None
+
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    @property
+    def gate_count(self) -> int:
+        return _recurrence.GATES[self._cell]
+
+    def __repr__(self) -> str:
+        args = [str(self.input_size), str(self.hidden_size)]
+        if self.num_layers != 1:
+            args.append(f"num_layers={self.num_layers}")
+        if self.mode == "RNN_RELU":
+            args.append("nonlinearity='relu'")
+        for name, default in (("bias", True), ("batch_first", False), ("dropout", 0.0),
+                              ("bidirectional", False)):
+            if getattr(self, name) != default:
+                args.append(f"{name}={getattr(self, name)}")
+        if self.dtype != np.float32:
+            args.append(f"dtype={self.dtype.name}")
+        return f"{type(self).__name__}({', '.join(args)})"
+
+    def _drop_tape(self) -> None:
+        self._tape = None
+
+    # --- argument checks ----------------------------------------------------
+
+    def _check_input(self, x):
+        x = as_float_array("x", x, self.dtype)
+        if x.ndim == 2:
+            batched = False
+            x = x[:, None, :]
+        elif x.ndim == 3:
+            batched = True
+            if self.batch_first:
+                x = x.transpose(1, 0, 2)
+        else:
+            layout = "(B, T, input_size)" if self.batch_first else "(T, B, input_size)"
+            raise ValueError(f"x must be 3-D {layout} or 2-D (T, input_size) unbatched, got {x.ndim}-D "
+                             f"with shape {x.shape}")
+        if x.shape[2] != self.input_size:
+            raise ValueError(f"x: the last dimension must be input_size={self.input_size}, got {x.shape[2]}")
+        if x.shape[0] == 0 or x.shape[1] == 0:
+            raise ValueError(f"x must hold at least one step of one sequence, got shape {x.shape}")
+        return x, batched
+
+    def _check_state(self, name: str, value, B: int, batched: bool) -> np.ndarray:
+        """A state (L*D, B, H), or (L*D, H) unbatched, as (L*D, B, H)."""
+        S, H = self.num_layers * self.num_directions, self.hidden_size
+        if value is None:
+            return np.zeros((S, B, H), dtype=self.dtype)
+        value = as_float_array(name, value, self.dtype)
+        if batched:
+            check_shape(name, value, (S, B, H), "num_layers * num_directions, batch, hidden_size")
+            return value
+        check_shape(name, value, (S, H), "num_layers * num_directions, hidden_size for unbatched input")
+        return value[:, None, :]
+
+    def _check_hx(self, hx, B: int, batched: bool):
+        if self.mode == "LSTM":
+            if hx is None:
+                return self._check_state("h_0", None, B, batched), self._check_state("c_0", None, B, batched)
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                raise TypeError(f"hx for LSTM must be a tuple (h_0, c_0), got {type(hx).__name__}")
+            return (self._check_state("hx[0] (h_0)", hx[0], B, batched),
+                    self._check_state("hx[1] (c_0)", hx[1], B, batched))
+        if isinstance(hx, (tuple, list)):
+            raise TypeError(f"hx for {type(self).__name__} must be an array h_0, got {type(hx).__name__}")
+        return self._check_state("hx (h_0)", hx, B, batched), None
+
+    def _params_of(self, layer: int, d: int):
+        s, p = _suffix(layer, d), self._params
+        if self.bias:
+            return p[f"weight_ih{s}"], p[f"weight_hh{s}"], p[f"bias_ih{s}"], p[f"bias_hh{s}"]
+        return p[f"weight_ih{s}"], p[f"weight_hh{s}"], self._zero_bias, self._zero_bias
+
+    def _grads_of(self, layer: int, d: int):
+        s, g = _suffix(layer, d), self._grads
+        if self.bias:
+            return g[f"weight_ih{s}"], g[f"weight_hh{s}"], g[f"bias_ih{s}"], g[f"bias_hh{s}"]
+        return g[f"weight_ih{s}"], g[f"weight_hh{s}"], self._no_bias, self._no_bias
+
+    def _dropout_mask(self, shape) -> np.ndarray:
+        if self.dropout >= 1.0:
+            return np.zeros(shape, dtype=self.dtype)
+        keep = self._rng.random(shape) >= self.dropout
+        return keep.astype(self.dtype) * self.dtype.type(1.0 / (1.0 - self.dropout))
+
+    # --- forward ---------------------------------------------------------------
+
+    def __call__(self, x, hx=None, lengths=None):
+        return self.forward(x, hx, lengths)
+
+    def forward(self, x, hx=None, lengths=None):
+        """x (T, B, input_size), or (B, T, input_size) with batch_first, or
+        (T, input_size) unbatched; hx the initial state (zeros when None);
+        lengths (B,) the length of each sequence of a padded batch.
+
+        Returns y (T, B, D * hidden_size) and h_n (L * D, B, hidden_size); the
+        LSTM returns y, (h_n, c_n).  With lengths, y is zero past each
+        sequence's end and h_n is the state at its last step."""
+        user_x = x
+        x, batched = self._check_input(x)
+        T, B = x.shape[0], x.shape[1]
+        h_0, c_0 = self._check_hx(hx, B, batched)
+        if lengths is not None:
+            if not batched:
+                raise ValueError("lengths needs batched input (T, B, input_size); unbatched input is one "
+                                 "sequence of length T")
+            lengths = check_lengths(lengths, T, B)
+
+        training, is_lstm = self.training, self.mode == "LSTM"
+        packing = Packing(T, B, lengths)
+        inp = packing.pack(x)
+        h_0 = packing.to_packed(h_0)
+        if is_lstm:
+            c_0 = packing.to_packed(c_0)
+        if training:
+            # backward reads these: they must not change under it
+            if np.may_share_memory(inp, user_x):
+                inp = inp.copy()
+            if is_lstm and hx is not None and np.may_share_memory(c_0, hx[1]):
+                c_0 = c_0.copy()
+
+        N, H, D, G = packing.N, self.hidden_size, self.num_directions, self.gate_count
+        dtype, threads, no_rows = self.dtype, get_num_threads(), self._no_rows
+        h_n = np.empty((self.num_layers * D, B, H), dtype=dtype)
+        c_n = np.empty_like(h_n) if is_lstm else None
+        scratch = None if training else np.empty((N, G * H), dtype=dtype)
+        layers = []
+        for layer in range(self.num_layers):
+            y = np.empty((N, D * H), dtype=dtype)
+            directions = []
+            for d in range(D):
+                i = layer * D + d
+                if training:
+                    gates = np.empty((N, G * H), dtype=dtype)
+                    saved = np.empty((N, H), dtype=dtype)
+                    h_prev = np.empty((N, H), dtype=dtype)
+                    directions.append((gates, saved, h_prev))
+                else:
+                    gates, saved, h_prev = scratch, no_rows, no_rows
+                w_ih, w_hh, b_ih, b_hh = self._params_of(layer, d)
+                _recurrence.forward(
+                    self._cell, y[:, d * H:(d + 1) * H], h_n[i], c_n[i] if is_lstm else no_rows,
+                    gates, saved, h_prev, inp, w_ih, w_hh, b_ih, b_hh,
+                    h_0[i], c_0[i] if is_lstm else no_rows, packing.batch_sizes, d == 1, threads)
+            mask = None
+            if training and self.dropout > 0 and layer < self.num_layers - 1:
+                mask = self._dropout_mask(y.shape)
+            if training:
+                layers.append((inp, directions, mask))
+            inp = y if mask is None else y * mask
+
+        out = packing.unpack(inp)
+        if batched and self.batch_first:
+            out = out.transpose(1, 0, 2)
+        h_n = packing.from_packed(h_n)
+        if is_lstm:
+            c_n = packing.from_packed(c_n)
+        if not batched:
+            out, h_n = out[:, 0], h_n[:, 0]
+            if is_lstm:
+                c_n = c_n[:, 0]
+        self._tape = _Tape(packing, batched, out.shape, layers, c_0) if training else None
+        return (out, (h_n, c_n)) if is_lstm else (out, h_n)
+
+    # --- backward --------------------------------------------------------------
+
+    def _backward(self, dy, dh_n, dc_n):
+        tape = self._tape
+        if tape is None:
+            why = "the layer is in eval mode" if not self.training else "forward has not been called since " \
+                  "the last backward"
+            raise ValueError(f"backward: no stored forward pass to differentiate ({why}); call the layer "
+                             "in training mode (layer.train()) before backward")
+        packing, batched, is_lstm = tape.packing, tape.batched, self.mode == "LSTM"
+        L, D, H, B, T = self.num_layers, self.num_directions, self.hidden_size, packing.B, packing.T
+        dtype = self.dtype
+        if dy is None:
+            dy = np.zeros((packing.N, D * H), dtype=dtype)
+        else:
+            dy = as_float_array("dy", dy, dtype)
+            check_shape("dy", dy, tape.out_shape, "the shape of the output y")
+            if not batched:
+                dy = dy[:, None, :]
+            elif self.batch_first:
+                dy = dy.transpose(1, 0, 2)
+            dy = packing.pack(dy)
+        states = [("dh_n", dh_n)] + ([("dc_n", dc_n)] if is_lstm else [])
+        grads_in = [packing.to_packed(self._check_state(name, value, B, batched)) for name, value in states]
+        dh_n = grads_in[0]
+        dc_n = grads_in[1] if is_lstm else None
+
+        # every check passed: from here on the layer's grads change
+        threads, no_rows = get_num_threads(), self._no_rows
+        dh_0 = np.empty((L * D, B, H), dtype=dtype)
+        dc_0 = np.empty_like(dh_0) if is_lstm else None
+        d_out = dy
+        for layer in reversed(range(L)):
+            inp, directions, _ = tape.layers[layer]
+            dx = np.empty_like(inp)
+            for d in range(D):
+                i = layer * D + d
+                gates, saved, h_prev = directions[d]
+                w_ih, w_hh, _, _ = self._params_of(layer, d)
+                dw_ih, dw_hh, db_ih, db_hh = self._grads_of(layer, d)
+                _recurrence.backward(
+                    self._cell, dx, dh_0[i], dc_0[i] if is_lstm else no_rows,
+                    dw_ih, dw_hh, db_ih, db_hh, gates, saved, h_prev,
+                    d_out[:, d * H:(d + 1) * H], dh_n[i], dc_n[i] if is_lstm else no_rows,
+                    inp, w_ih, w_hh, tape.c_0[i] if is_lstm else no_rows,
+                    packing.batch_sizes, d == 1, d == 1, threads)
+            if layer > 0 and tape.layers[layer - 1][2] is not None:
+                dx *= tape.layers[layer - 1][2]
+            d_out = dx
+        self._tape = None  # the kernels consumed its buffers
+
+        dx = packing.unpack(d_out)
+        if batched and self.batch_first:
+            dx = dx.transpose(1, 0, 2)
+        dh_0 = packing.from_packed(dh_0)
+        if is_lstm:
+            dc_0 = packing.from_packed(dc_0)
+        if not batched:
+            dx, dh_0 = dx[:, 0], dh_0[:, 0]
+            if is_lstm:
+                dc_0 = dc_0[:, 0]
+        return dx, dh_0, dc_0
+
+
+def _suffix(layer: int, direction: int) -> str:
+    return f"_l{layer}" + ("_reverse" if direction == 1 else "")
+
+
+class RNN(_RNNBase):
+    """Elman RNN: h_t = act(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh), act tanh or relu."""
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
+                 nonlinearity: str = "tanh", bias: bool = True, batch_first: bool = False,
+                 dropout: float = 0.0, bidirectional: bool = False, dtype=np.float32, seed=None) -> None:
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+        self.nonlinearity = nonlinearity
+        super().__init__("RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU", input_size, hidden_size,
+                         num_layers, bias, batch_first, dropout, bidirectional, dtype, seed)
+
+    def backward(self, dy=None, dh_n=None):
+        """Backpropagation through time of the last forward: dy the gradient
+        of y (None: zero), dh_n that of h_n.  Adds the parameter gradients into
+        `grads`; returns dx, dh_0."""
+        dx, dh_0, _ = self._backward(dy, dh_n, None)
+        return dx, dh_0
+
+
+class GRU(_RNNBase):
+    """GRU, gates r, z, n: n = tanh(W_in x + b_in + r * (W_hn h + b_hn)),
+    h' = (1 - z) * n + z * h."""
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 dtype=np.float32, seed=None) -> None:
+        super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, dtype, seed)
+
+    def backward(self, dy=None, dh_n=None):
+        """Backpropagation through time of the last forward: dy the gradient
+        of y (None: zero), dh_n that of h_n.  Adds the parameter gradients into
+        `grads`; returns dx, dh_0."""
+        dx, dh_0, _ = self._backward(dy, dh_n, None)
+        return dx, dh_0
+
+
+class LSTM(_RNNBase):
+    """LSTM, gates i, f, g, o: c' = f * c + i * g, h' = o * tanh(c')."""
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 dtype=np.float32, seed=None) -> None:
+        super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, dtype, seed)
+
+    def backward(self, dy=None, dh_n=None, dc_n=None):
+        """Backpropagation through time of the last forward: dy the gradient
+        of y (None: zero), dh_n and dc_n those of h_n and c_n.  Adds the
+        parameter gradients into `grads`; returns dx, (dh_0, dc_0)."""
+        dx, dh_0, dc_0 = self._backward(dy, dh_n, dc_n)
+        return dx, (dh_0, dc_0)

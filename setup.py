@@ -1,0 +1,122 @@
+"""Build of fastrnn's compiled core.
+
+Environment switches:
+  FASTRNN_DEBUG=1        Cython bounds and initialisation checks on, -O0 -g
+  FASTRNN_NO_OPENMP=1    build without OpenMP (single-threaded)
+  FASTRNN_ARCH=...       value for -march (default: native for a local build;
+                         set FASTRNN_ARCH=none for a portable binary)
+"""
+import os
+import sys
+import tempfile
+import textwrap
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+DEBUG = os.environ.get("FASTRNN_DEBUG", "") not in ("", "0")
+NO_OPENMP = os.environ.get("FASTRNN_NO_OPENMP", "") not in ("", "0")
+ARCH = os.environ.get("FASTRNN_ARCH", "native")
+
+# Cython directives, all in one place.
+DIRECTIVES = {
+    "language_level": 3,
+    "boundscheck": DEBUG,
+    "wraparound": False,
+    "initializedcheck": DEBUG,
+    "cdivision": True,
+    "embedsignature": True,
+}
+
+
+def compiler_accepts(compiler, flags, source="int main(void) { return 0; }\n", link=True):
+    """Whether the compiler builds (and links) a small program with these flags."""
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "probe.c")
+        with open(src, "w") as f:
+            f.write(source)
+        try:
+            objects = compiler.compile([src], output_dir=tmp, extra_postargs=flags)
+            if link:
+                compiler.link_executable(objects, os.path.join(tmp, "probe"), extra_postargs=flags)
+        except Exception:
+            return False
+    return True
+
+
+OPENMP_PROBE = textwrap.dedent("""
+    #include <omp.h>
+    int main(void) {
+        int n = 0;
+        #pragma omp parallel reduction(+:n)
+        n += 1;
+        return n > 0 ? 0 : 1;
+    }
+""")
+
+
+class BuildExt(build_ext):
+    def build_extensions(self):
+        compiler = self.compiler
+        is_msvc = compiler.compiler_type == "msvc"
+        if is_msvc:
+            cflags = ["/O2", "/fp:precise"]
+            omp_compile, omp_link = ["/openmp"], []
+        else:
+            cflags = ["-O0", "-g"] if DEBUG else ["-O3"]
+            # no trapping math: lets the compiler if-convert (so vectorise) the
+            # selects of the activations; no errno: math calls have no side effect
+            cflags += ["-fno-trapping-math", "-fno-math-errno", "-Wno-unused-function"]
+            if compiler_accepts(compiler, ["--param", "vect-max-version-for-alias-checks=256"], link=False):
+                # the pointwise loops read and write several rows through pointers:
+                # let gcc check them for overlap at run time and vectorise
+                cflags += ["--param", "vect-max-version-for-alias-checks=256"]
+            if ARCH and ARCH != "none" and compiler_accepts(compiler, [f"-march={ARCH}"], link=False):
+                cflags.append(f"-march={ARCH}")
+            omp_compile, omp_link = ["-fopenmp"], ["-fopenmp"]
+            if sys.platform == "darwin":
+                omp_compile, omp_link = ["-Xpreprocessor", "-fopenmp"], ["-lomp"]
+
+        use_openmp = not NO_OPENMP and compiler_accepts(compiler, omp_compile + omp_link, OPENMP_PROBE)
+        if not use_openmp:
+            banner = "*" * 78
+            reason = "FASTRNN_NO_OPENMP is set" if NO_OPENMP else "the compiler has no working OpenMP"
+            self.warn(f"\n{banner}\nfastrnn: building WITHOUT OpenMP ({reason}).\n"
+                      f"The kernels will run on ONE thread.\n{banner}")
+            omp_compile = omp_link = []
+
+        build_info = {
+            "compiler": " ".join(compiler.compiler_so[:1]) if hasattr(compiler, "compiler_so") else compiler.compiler_type,
+            "cflags": " ".join(cflags + omp_compile),
+            "openmp": use_openmp,
+            "debug": DEBUG,
+        }
+        # next to the compiled module: the build tree, or the sources when in place
+        package_dir = os.path.dirname(self.get_ext_fullpath("fastrnn._recurrence"))
+        os.makedirs(package_dir, exist_ok=True)
+        with open(os.path.join(package_dir, "_build_info.py"), "w") as f:
+            f.write("# Written by setup.py at build time.\n")
+            f.write(f"BUILD_INFO = {build_info!r}\n")
+        for ext in self.extensions:
+            ext.extra_compile_args = cflags + omp_compile
+            ext.extra_link_args = omp_link
+        super().build_extensions()
+
+
+def extensions():
+    from Cython.Build import cythonize
+    import scipy  # noqa: F401  (its cython_blas.pxd is cimported)
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    ext = Extension(
+        "fastrnn._recurrence",
+        sources=[os.path.join("fastrnn", "_recurrence.pyx")],
+        include_dirs=[os.path.join(here, "csrc")],
+        depends=[os.path.join("csrc", name) for name in os.listdir(os.path.join(here, "csrc"))]
+        + [os.path.join("fastrnn", "_common.pxd"), os.path.join("fastrnn", "_cells.pxd")],
+    )
+    return cythonize([ext], compiler_directives=DIRECTIVES, include_path=[here],
+                     annotate=os.environ.get("FASTRNN_ANNOTATE") == "1")
+
+
+setup(ext_modules=extensions(), cmdclass={"build_ext": BuildExt})

@@ -1,0 +1,48 @@
+import os
+import sys
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))  # tests/reference.py
+
+import fastrnn  # noqa: E402
+
+CLASSES = {"RNN_TANH": fastrnn.RNN, "RNN_RELU": fastrnn.RNN, "LSTM": fastrnn.LSTM, "GRU": fastrnn.GRU}
+CELL_CLASSES = {"RNN_TANH": fastrnn.RNNCell, "RNN_RELU": fastrnn.RNNCell, "LSTM": fastrnn.LSTMCell,
+                "GRU": fastrnn.GRUCell}
+MODES = list(CLASSES)
+
+
+def make_layer(mode, input_size, hidden_size, dtype=np.float64, **kwargs):
+    """A fastrnn layer of the given mode ("RNN_TANH", "RNN_RELU", "LSTM", "GRU")."""
+    if mode.startswith("RNN"):
+        kwargs["nonlinearity"] = "tanh" if mode == "RNN_TANH" else "relu"
+    return CLASSES[mode](input_size, hidden_size, dtype=dtype, **kwargs)
+
+
+def make_cell(mode, input_size, hidden_size, dtype=np.float64, **kwargs):
+    if mode.startswith("RNN"):
+        kwargs["nonlinearity"] = "tanh" if mode == "RNN_TANH" else "relu"
+    return CELL_CLASSES[mode](input_size, hidden_size, dtype=dtype, **kwargs)
+
+
+def run_layer(layer, x, hx=None, lengths=None):
+    """forward -> (y, h_n, c_n or None)"""
+    y, state = layer(x, hx, lengths=lengths)
+    if isinstance(state, tuple):
+        return y, state[0], state[1]
+    return y, state, None
+
+
+def backward_layer(layer, dy, dh_n, dc_n=None):
+    """backward -> (dx, dh_0, dc_0 or None)"""
+    if layer.mode == "LSTM":
+        dx, (dh_0, dc_0) = layer.backward(dy, dh_n, dc_n)
+        return dx, dh_0, dc_0
+    dx, dh_0 = layer.backward(dy, dh_n)
+    return dx, dh_0, None
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "torch: parity tests against PyTorch")

@@ -1,0 +1,225 @@
+"""The compiled layers against the float64 NumPy reference (tests/reference.py):
+outputs, final states and every gradient, for every cell, stacked and
+bidirectional, ragged batches, batch_first, unbatched input, no bias."""
+import numpy as np
+import pytest
+
+import reference as ref
+from conftest import MODES, backward_layer, make_layer, run_layer
+
+TOL = {np.float64: dict(rtol=1e-9, atol=1e-11), np.float32: dict(rtol=2e-4, atol=2e-5)}
+
+
+def reference_run(mode, layer, x, h0, c0, lengths, dy, dh_n, dc_n, dropout_masks=None):
+    """The reference's forward and backward with the layer's parameters (float64)."""
+    params = {k: v.astype(np.float64) for k, v in layer.params.items()}
+    if not layer.bias:
+        for name in list(params):
+            if name.startswith("weight_ih"):
+                G_H = params[name].shape[0]
+                suffix = name[len("weight_ih"):]
+                params["bias_ih" + suffix] = np.zeros(G_H)
+                params["bias_hh" + suffix] = np.zeros(G_H)
+    y, h_n, c_n, tape = ref.forward(mode, params, x, h0, c0, lengths, layer.num_layers, layer.bidirectional,
+                                    dropout_masks)
+    dx, dh_0, dc_0, grads = ref.backward(mode, tape, dy, dh_n, dc_n)
+    return y, h_n, c_n, dx, dh_0, dc_0, grads
+
+
+def random_case(rng, mode, T, B, I, H, L, D, with_lengths):
+    x = rng.standard_normal((T, B, I))
+    h0 = rng.standard_normal((L * D, B, H)) * 0.5
+    c0 = rng.standard_normal((L * D, B, H)) * 0.5 if mode == "LSTM" else None
+    lengths = rng.integers(1, T + 1, size=B) if with_lengths else None
+    if with_lengths:
+        lengths[rng.integers(B)] = T
+    dy = rng.standard_normal((T, B, D * H))
+    if lengths is not None:
+        dy[np.arange(T)[:, None] >= lengths[None, :]] = 0  # padded steps get no gradient
+    dh_n = rng.standard_normal((L * D, B, H))
+    dc_n = rng.standard_normal((L * D, B, H)) if mode == "LSTM" else None
+    return x, h0, c0, lengths, dy, dh_n, dc_n
+
+
+def assert_all_close(got, want, dtype, what):
+    np.testing.assert_allclose(got, want, err_msg=what, **TOL[dtype])
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("num_layers,bidirectional", [(1, False), (1, True), (2, False), (3, True)])
+@pytest.mark.parametrize("with_lengths", [False, True])
+def test_layer_matches_reference(mode, dtype, num_layers, bidirectional, with_lengths):
+    rng = np.random.default_rng(hash((mode, num_layers, bidirectional, with_lengths)) % 2**32)
+    T, B, I, H = 6, 5, 4, 7
+    D = 2 if bidirectional else 1
+    layer = make_layer(mode, I, H, dtype=dtype, num_layers=num_layers, bidirectional=bidirectional, seed=1)
+    x, h0, c0, lengths, dy, dh_n, dc_n = random_case(rng, mode, T, B, I, H, num_layers, D, with_lengths)
+    hx = (h0, c0) if mode == "LSTM" else h0
+    y, h_n, c_n = run_layer(layer, x, hx, lengths)
+    dx, dh_0, dc_0 = backward_layer(layer, dy, dh_n, dc_n)
+    want = reference_run(mode, layer, x, h0, c0, lengths, dy, dh_n, dc_n)
+    for name, got, expected in zip(("y", "h_n", "c_n", "dx", "dh_0", "dc_0"),
+                                   (y, h_n, c_n, dx, dh_0, dc_0), want[:6]):
+        if expected is None:
+            assert got is None
+            continue
+        assert got.dtype == dtype
+        assert_all_close(got, expected, dtype, name)
+    for name, g in want[6].items():
+        assert_all_close(layer.grads[name], g, dtype, f"grad {name}")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_batch_first_unbatched_and_no_bias(mode):
+    rng = np.random.default_rng(7)
+    T, B, I, H = 5, 3, 4, 6
+    layer = make_layer(mode, I, H, num_layers=2, bidirectional=True, bias=False, batch_first=True, seed=3)
+    assert not any(k.startswith("bias") for k in layer.params)
+    x, h0, c0, _, dy, dh_n, dc_n = random_case(rng, mode, T, B, I, H, 2, 2, False)
+    hx = (h0, c0) if mode == "LSTM" else h0
+    # batch_first: (B, T, I) in, (B, T, D*H) out, states still (L*D, B, H)
+    y, h_n, c_n = run_layer(layer, x.transpose(1, 0, 2), hx)
+    assert y.shape == (B, T, 2 * H)
+    dx, dh_0, dc_0 = backward_layer(layer, dy.transpose(1, 0, 2), dh_n, dc_n)
+    want = reference_run(mode, layer, x, h0, c0, None, dy, dh_n, dc_n)
+    assert_all_close(y, want[0].transpose(1, 0, 2), np.float64, "y")
+    assert_all_close(h_n, want[1], np.float64, "h_n")
+    assert_all_close(dx, want[3].transpose(1, 0, 2), np.float64, "dx")
+    assert_all_close(dh_0, want[4], np.float64, "dh_0")
+    for name, g in want[6].items():
+        if not name.startswith("bias"):
+            assert_all_close(layer.grads[name], g, np.float64, f"grad {name}")
+
+    # unbatched: (T, I) in, (T, D*H) and (L*D, H) out; batch_first does not apply
+    layer.zero_grad()
+    hx1 = (h0[:, 0], c0[:, 0]) if mode == "LSTM" else h0[:, 0]
+    y1, h1, c1 = run_layer(layer, x[:, 0], hx1)
+    assert y1.shape == (T, 2 * H) and h1.shape == (4, H)
+    dx1, dh1, dc1 = backward_layer(layer, dy[:, 0], dh_n[:, 0], None if dc_n is None else dc_n[:, 0])
+    want1 = reference_run(mode, layer, x[:, :1], h0[:, :1], None if c0 is None else c0[:, :1], None,
+                          dy[:, :1], dh_n[:, :1], None if dc_n is None else dc_n[:, :1])
+    assert_all_close(y1, want1[0][:, 0], np.float64, "unbatched y")
+    assert_all_close(dx1, want1[3][:, 0], np.float64, "unbatched dx")
+    assert_all_close(dh1, want1[4][:, 0], np.float64, "unbatched dh_0")
+    if mode == "LSTM":
+        assert c1.shape == (4, H) and dc1.shape == (4, H)
+        assert_all_close(dc1, want1[5][:, 0], np.float64, "unbatched dc_0")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_lengths_semantics(mode):
+    """Padded steps give zero output, cost nothing and leave the state alone:
+    each sequence of a ragged batch equals that sequence run alone."""
+    rng = np.random.default_rng(11)
+    T, B, I, H = 7, 4, 3, 5
+    layer = make_layer(mode, I, H, num_layers=2, bidirectional=True, seed=5)
+    x = rng.standard_normal((T, B, I))
+    lengths = np.array([3, 7, 1, 5])
+    y, h_n, c_n = run_layer(layer, x, lengths=lengths)
+    for b in range(B):
+        yb, hb, cb = run_layer(layer, x[:lengths[b], b:b + 1])
+        np.testing.assert_allclose(y[:lengths[b], b], yb[:, 0], rtol=1e-12, atol=1e-13)
+        assert not y[lengths[b]:, b].any()
+        np.testing.assert_allclose(h_n[:, b], hb[:, 0], rtol=1e-12, atol=1e-13)
+        if cb is not None:
+            np.testing.assert_allclose(c_n[:, b], cb[:, 0], rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_dropout_between_layers(mode):
+    """Training dropout multiplies each layer's output but the last by a
+    mask (kept / (1 - p)); backward uses the same masks; eval has none;
+    masks are reproducible from the seed."""
+    rng = np.random.default_rng(2)
+    T, B, I, H, L = 5, 4, 3, 6, 3
+    x, h0, c0, _, dy, dh_n, dc_n = random_case(rng, mode, T, B, I, H, L, 2, False)
+    hx = (h0, c0) if mode == "LSTM" else h0
+    layer = make_layer(mode, I, H, num_layers=L, bidirectional=True, dropout=0.4, seed=9)
+    y, h_n, c_n = run_layer(layer, x, hx)
+    masks = [m.reshape(T, B, 2 * H) for _, _, m in layer._tape.layers[:-1]]
+    kept = np.concatenate([m.ravel() for m in masks])
+    assert set(np.unique(kept)) == {0.0, 1 / 0.6}
+    assert 0.3 < np.mean(kept == 0) < 0.5
+    dx, dh_0, dc_0 = backward_layer(layer, dy, dh_n, dc_n)
+    want = reference_run(mode, layer, x, h0, c0, None, dy, dh_n, dc_n, dropout_masks=masks)
+    for name, got, expected in zip(("y", "h_n", "dx", "dh_0"), (y, h_n, dx, dh_0),
+                                   (want[0], want[1], want[3], want[4])):
+        assert_all_close(got, expected, np.float64, name)
+    for name, g in want[6].items():
+        assert_all_close(layer.grads[name], g, np.float64, f"grad {name}")
+
+    same_seed = make_layer(mode, I, H, num_layers=L, bidirectional=True, dropout=0.4, seed=9)
+    np.testing.assert_array_equal(run_layer(same_seed, x, hx)[0], y)
+    layer.eval()
+    y_eval = run_layer(layer, x, hx)[0]
+    want_eval = reference_run(mode, layer, x, h0, c0, None, dy, dh_n, dc_n)[0]
+    assert_all_close(y_eval, want_eval, np.float64, "eval y")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_eval_keeps_nothing_and_matches_training(mode):
+    rng = np.random.default_rng(4)
+    layer = make_layer(mode, 3, 4, num_layers=2, seed=0)
+    x = rng.standard_normal((5, 2, 3))
+    y_train = run_layer(layer, x)[0]
+    layer.eval()
+    assert not layer.training
+    y_eval = run_layer(layer, x)[0]
+    np.testing.assert_array_equal(y_train, y_eval)
+    assert layer._tape is None
+    layer.train()
+    assert layer.training
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_grads_accumulate_and_zero(mode):
+    rng = np.random.default_rng(5)
+    layer = make_layer(mode, 3, 4, seed=0)
+    x = rng.standard_normal((5, 2, 3))
+    dy = rng.standard_normal((5, 2, 4))
+    run_layer(layer, x)
+    backward_layer(layer, dy, None)
+    once = {k: v.copy() for k, v in layer.grads.items()}
+    run_layer(layer, x)
+    backward_layer(layer, dy, None)
+    for k, v in layer.grads.items():
+        np.testing.assert_allclose(v, 2 * once[k], rtol=1e-12)
+    layer.zero_grad()
+    assert all(not v.any() for v in layer.grads.values())
+
+
+def test_inputs_of_other_dtypes_and_layouts_are_converted():
+    rng = np.random.default_rng(6)
+    layer = make_layer("LSTM", 4, 5, dtype=np.float32, seed=0)
+    x64 = rng.standard_normal((6, 3, 4))
+    y_ref = run_layer(layer, x64.astype(np.float32))[0]
+    for x in (x64, x64.astype(np.float16).astype(np.float64), np.asfortranarray(x64),
+              x64[:, ::-1][:, ::-1], x64.tolist()):
+        y = run_layer(layer, x)[0]
+        assert y.dtype == np.float32
+        np.testing.assert_allclose(y, run_layer(layer, np.asarray(x, dtype=np.float32))[0], rtol=0, atol=0)
+    np.testing.assert_allclose(run_layer(layer, x64[:, ::-1])[0],
+                               run_layer(layer, np.ascontiguousarray(x64[:, ::-1], dtype=np.float32))[0])
+    assert y_ref.shape == (6, 3, 5)
+
+
+def test_backward_reads_private_copies():
+    """Changing the input or the returned output in place between forward and
+    backward must not change the gradients."""
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((5, 3, 4))
+    dy = rng.standard_normal((5, 3, 6))
+    for mode in MODES:
+        a = make_layer(mode, 4, 6, seed=1)
+        b = make_layer(mode, 4, 6, seed=1)
+        xa = x.copy()
+        ya = run_layer(a, xa)[0]
+        xa[:] = 0
+        ya[:] = 7
+        dxa = backward_layer(a, dy, None)[0]
+        run_layer(b, x)
+        dxb = backward_layer(b, dy, None)[0]
+        np.testing.assert_array_equal(dxa, dxb)
+        for k in a.grads:
+            np.testing.assert_array_equal(a.grads[k], b.grads[k])
