@@ -56,6 +56,10 @@ OPENMP_PROBE = textwrap.dedent("""
 
 
 class BuildExt(build_ext):
+    def run(self):
+        self._in_place = bool(self.inplace or getattr(self, "editable_mode", False))
+        super().run()
+
     def build_extensions(self):
         compiler = self.compiler
         is_msvc = compiler.compiler_type == "msvc"
@@ -91,12 +95,16 @@ class BuildExt(build_ext):
             "openmp": use_openmp,
             "debug": DEBUG,
         }
-        # next to the compiled module: the build tree, or the sources when in place
-        package_dir = os.path.dirname(self.get_ext_fullpath("fastrnn._recurrence"))
-        os.makedirs(package_dir, exist_ok=True)
-        with open(os.path.join(package_dir, "_build_info.py"), "w") as f:
-            f.write("# Written by setup.py at build time.\n")
-            f.write(f"BUILD_INFO = {build_info!r}\n")
+        # next to the compiled module: in the build tree, and in the sources
+        # for an in-place build (setuptools builds in the tree, then copies)
+        package_dirs = {os.path.dirname(self.get_ext_fullpath("fastrnn._recurrence"))}
+        if self._in_place:
+            package_dirs.add(os.path.join(os.path.dirname(os.path.abspath(__file__)), "fastrnn"))
+        for package_dir in package_dirs:
+            os.makedirs(package_dir, exist_ok=True)
+            with open(os.path.join(package_dir, "_build_info.py"), "w") as f:
+                f.write("# Written by setup.py at build time.\n")
+                f.write(f"BUILD_INFO = {build_info!r}\n")
         for ext in self.extensions:
             ext.extra_compile_args = cflags + omp_compile
             ext.extra_link_args = omp_link

@@ -176,6 +176,24 @@ def _shards(const Py_ssize_t[::1] lengths, double flops_per_row_step, int n_thre
     return bounds
 
 
+cdef Steps make_steps(const Py_ssize_t[::1] batch_sizes, const Py_ssize_t[::1] offsets,
+                      const Py_ssize_t[::1] lengths, bint reverse):
+    """The geometry struct the loops read (pointing into the arrays given)."""
+    cdef Steps steps
+    steps.n_steps = batch_sizes.shape[0]
+    steps.batch_sizes = &batch_sizes[0]
+    steps.offsets = &offsets[0]
+    steps.lengths = &lengths[0]
+    steps.reverse = reverse
+    return steps
+
+
+def _plan(const Py_ssize_t[::1] batch_sizes, Py_ssize_t batch, double flops_per_row_step, int n_threads):
+    """offsets, lengths and shard boundaries of a packed batch."""
+    offsets, lengths = _layout(batch_sizes, batch)
+    return offsets, lengths, _shards(lengths, flops_per_row_step, n_threads)
+
+
 cdef inline Py_ssize_t gemm_tile(Py_ssize_t rows) noexcept nogil:
     """Rows per tile of a big GEMM: a function of the shape alone (never of
     the thread count), about 8 tiles, at least 64 rows, a multiple of 8."""
@@ -303,26 +321,17 @@ def forward(int cell,
     """One layer, one direction.  Training (what backward needs is kept in
     gates, saved and h_prev) when h_prev has rows."""
     cdef Py_ssize_t B = h_n.shape[0], H = h_n.shape[1], N = x.shape[0], I = x.shape[1]
-    cdef Py_ssize_t GH = gates.shape[1], G = GH // H, S = batch_sizes.shape[0]
+    cdef Py_ssize_t GH = gates.shape[1], G = GH // H
     cdef bint training = h_prev.shape[0] > 0
     dtype = np.float32 if floating is float else np.float64
     if y.strides[1] != sizeof(floating):
         raise ValueError("forward: the rows of y must be contiguous")
-    offsets, lengths = _layout(batch_sizes, B)
-    cdef Py_ssize_t[::1] offs = offsets, lens = lengths
-    bounds = _shards(lens, 2.0 * GH * H, n_threads)
+    offsets, lengths, bounds = _plan(batch_sizes, B, 2.0 * GH * H, n_threads)
+    cdef Steps steps = make_steps(batch_sizes, offsets, lengths, reverse)
     cdef Py_ssize_t[::1] bnd = bounds
     cdef Py_ssize_t n_shards = bnd.shape[0] - 1, i
-    packed_array = np.empty(fr_packed_len(GH, H, panel_width(<floating>0)), dtype=dtype)
-    hw_array = np.empty((B, GH), dtype=dtype)
-    cdef floating[::1] packed = packed_array
-    cdef floating[:, ::1] hw = hw_array
-    cdef Steps steps
-    steps.n_steps = S
-    steps.batch_sizes = &batch_sizes[0]
-    steps.offsets = &offs[0]
-    steps.lengths = &lens[0]
-    steps.reverse = reverse
+    cdef floating[::1] packed = np.empty(fr_packed_len(GH, H, panel_width(<floating>0)), dtype=dtype)
+    cdef floating[:, ::1] hw = np.empty((B, GH), dtype=dtype)
     cdef floating *c_ptr = &c_n[0, 0] if cell == LSTM else NULL
     cdef floating *saved_ptr = &saved[0, 0] if training else NULL
     cdef floating *h_prev_ptr = &h_prev[0, 0] if training else NULL
@@ -401,27 +410,18 @@ def backward(int cell,
              bint reverse, bint accumulate_dx, int n_threads):
     """Backpropagation through time of one forward call (same arguments)."""
     cdef Py_ssize_t B = dh_0.shape[0], H = dh_0.shape[1], N = x.shape[0], I = x.shape[1]
-    cdef Py_ssize_t GH = gates.shape[1], G = GH // H, S = batch_sizes.shape[0]
+    cdef Py_ssize_t GH = gates.shape[1], G = GH // H
     cdef Py_ssize_t GH_direct = 2 * H if cell == GRU else GH
     cdef bint has_bias = dbias_ih.shape[0] > 0
     dtype = np.float32 if floating is float else np.float64
     if dy.strides[1] != sizeof(floating):
         raise ValueError("backward: the rows of dy must be contiguous")
-    offsets, lengths = _layout(batch_sizes, B)
-    cdef Py_ssize_t[::1] offs = offsets, lens = lengths
-    bounds = _shards(lens, 2.0 * GH * H, n_threads)
+    offsets, lengths, bounds = _plan(batch_sizes, B, 2.0 * GH * H, n_threads)
+    cdef Steps steps = make_steps(batch_sizes, offsets, lengths, reverse)
     cdef Py_ssize_t[::1] bnd = bounds
     cdef Py_ssize_t n_shards = bnd.shape[0] - 1, i
-    packed_array = np.empty(fr_packed_len(H, GH, panel_width(<floating>0)), dtype=dtype)
-    dhw_array = np.empty((B, GH), dtype=dtype)
-    cdef floating[::1] packed = packed_array
-    cdef floating[:, ::1] dhw = dhw_array
-    cdef Steps steps
-    steps.n_steps = S
-    steps.batch_sizes = &batch_sizes[0]
-    steps.offsets = &offs[0]
-    steps.lengths = &lens[0]
-    steps.reverse = reverse
+    cdef floating[::1] packed = np.empty(fr_packed_len(H, GH, panel_width(<floating>0)), dtype=dtype)
+    cdef floating[:, ::1] dhw = np.empty((B, GH), dtype=dtype)
     cdef floating *saved_ptr = &saved[0, 0]
     cdef floating *dc_ptr = &dc_0[0, 0] if cell == LSTM else NULL
     cdef const floating *c_0_ptr = &c_0[0, 0] if cell == LSTM else NULL

@@ -147,7 +147,24 @@ class _CellBase(Module):
         return dx, dh_prev, dc_prev
 
 
-class RNNCell(_CellBase):
+class _HiddenStateCell(_CellBase):
+    """A cell whose state is h alone (RNN, GRU)."""
+
+    def __call__(self, x, hx=None):
+        return self.forward(x, hx)
+
+    def forward(self, x, hx=None):
+        """x (B, input_size) or (input_size,); hx (B, hidden_size) or None (zeros). Returns h'."""
+        return self._step_forward(x, hx, None)[0]
+
+    def backward(self, dh=None):
+        """Backward of the latest forward step: dh the gradient of h'.
+        Adds into `grads`; returns dx, dh_prev."""
+        dx, dh_prev, _ = self._step_backward(dh, None)
+        return dx, dh_prev
+
+
+class RNNCell(_HiddenStateCell):
     """h' = act(x W_ih^T + b_ih + h W_hh^T + b_hh), act tanh or relu."""
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, nonlinearity: str = "tanh",
@@ -158,39 +175,13 @@ class RNNCell(_CellBase):
         super().__init__("RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU", input_size, hidden_size,
                          bias, dtype, seed)
 
-    def __call__(self, x, hx=None):
-        return self.forward(x, hx)
 
-    def forward(self, x, hx=None):
-        """x (B, input_size) or (input_size,); hx (B, hidden_size) or None (zeros). Returns h'."""
-        return self._step_forward(x, hx, None)[0]
-
-    def backward(self, dh=None):
-        """Backward of the latest forward step: dh the gradient of h'.
-        Adds into `grads`; returns dx, dh_prev."""
-        dx, dh_prev, _ = self._step_backward(dh, None)
-        return dx, dh_prev
-
-
-class GRUCell(_CellBase):
+class GRUCell(_HiddenStateCell):
     """GRU step, gates r, z, n (PyTorch's GRUCell)."""
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, dtype=np.float32,
                  seed=None) -> None:
         super().__init__("GRU", input_size, hidden_size, bias, dtype, seed)
-
-    def __call__(self, x, hx=None):
-        return self.forward(x, hx)
-
-    def forward(self, x, hx=None):
-        """x (B, input_size) or (input_size,); hx (B, hidden_size) or None (zeros). Returns h'."""
-        return self._step_forward(x, hx, None)[0]
-
-    def backward(self, dh=None):
-        """Backward of the latest forward step: dh the gradient of h'.
-        Adds into `grads`; returns dx, dh_prev."""
-        dx, dh_prev, _ = self._step_backward(dh, None)
-        return dx, dh_prev
 
 
 class LSTMCell(_CellBase):

@@ -355,7 +355,18 @@ def _suffix(layer: int, direction: int) -> str:
     return f"_l{layer}" + ("_reverse" if direction == 1 else "")
 
 
-class RNN(_RNNBase):
+class _HiddenStateRNN(_RNNBase):
+    """A layer whose state is h alone (RNN, GRU)."""
+
+    def backward(self, dy=None, dh_n=None):
+        """Backpropagation through time of the last forward: dy the gradient
+        of y (None: zero), dh_n that of h_n.  Adds the parameter gradients into
+        `grads`; returns dx, dh_0."""
+        dx, dh_0, _ = self._backward(dy, dh_n, None)
+        return dx, dh_0
+
+
+class RNN(_HiddenStateRNN):
     """Elman RNN: h_t = act(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh), act tanh or relu."""
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
@@ -367,15 +378,8 @@ class RNN(_RNNBase):
         super().__init__("RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU", input_size, hidden_size,
                          num_layers, bias, batch_first, dropout, bidirectional, dtype, seed)
 
-    def backward(self, dy=None, dh_n=None):
-        """Backpropagation through time of the last forward: dy the gradient
-        of y (None: zero), dh_n that of h_n.  Adds the parameter gradients into
-        `grads`; returns dx, dh_0."""
-        dx, dh_0, _ = self._backward(dy, dh_n, None)
-        return dx, dh_0
 
-
-class GRU(_RNNBase):
+class GRU(_HiddenStateRNN):
     """GRU, gates r, z, n: n = tanh(W_in x + b_in + r * (W_hn h + b_hn)),
     h' = (1 - z) * n + z * h."""
 
@@ -384,13 +388,6 @@ class GRU(_RNNBase):
                  dtype=np.float32, seed=None) -> None:
         super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, dtype, seed)
-
-    def backward(self, dy=None, dh_n=None):
-        """Backpropagation through time of the last forward: dy the gradient
-        of y (None: zero), dh_n that of h_n.  Adds the parameter gradients into
-        `grads`; returns dx, dh_0."""
-        dx, dh_0, _ = self._backward(dy, dh_n, None)
-        return dx, dh_0
 
 
 class LSTM(_RNNBase):
