@@ -9,10 +9,15 @@
 #define FR_HAVE_OPENMP 1
 static inline int fr_omp_get_max_threads(void) { return omp_get_max_threads(); }
 static inline int fr_omp_get_thread_num(void) { return omp_get_thread_num(); }
+static inline int fr_omp_get_num_threads(void) { return omp_get_num_threads(); }
+/* an orphaned barrier: binds to the enclosing parallel region */
+static inline void fr_omp_barrier(void) { _Pragma("omp barrier") }
 #else
 #define FR_HAVE_OPENMP 0
 static inline int fr_omp_get_max_threads(void) { return 1; }
 static inline int fr_omp_get_thread_num(void) { return 0; }
+static inline int fr_omp_get_num_threads(void) { return 1; }
+static inline void fr_omp_barrier(void) { }
 #endif
 
 #endif

@@ -33,6 +33,16 @@ cdef extern from "omp_compat.h" nogil:
     enum:
         FR_HAVE_OPENMP
     int fr_omp_get_max_threads()
+    int fr_omp_get_thread_num()
+    int fr_omp_get_num_threads()
+    void fr_omp_barrier()
+
+
+cdef extern from "barrier.h" nogil:
+    ctypedef struct fr_barrier:
+        pass
+    void fr_barrier_init(fr_barrier *b, int n)
+    void fr_barrier_wait(fr_barrier *b, int *local_sense)
 
 
 cdef inline floating sigmoid(floating x) noexcept nogil:

@@ -31,12 +31,13 @@
 # allocates every output.  They allocate only scratch, before the GIL is
 # released; nothing below them raises or allocates.
 import numpy as np
-from cython.parallel cimport prange
+from cython.parallel cimport parallel, prange
 from libc.string cimport memcpy
 
 from fastrnn._common cimport (
-    floating, gemm, rgemm, pack_rows, pack_cols, panel_width, fr_packed_len,
-    FR_HAVE_OPENMP, fr_omp_get_max_threads)
+    floating, sigmoid, tanh, relu, gemm, rgemm, pack_rows, pack_cols, panel_width, fr_packed_len,
+    FR_HAVE_OPENMP, fr_omp_get_max_threads, fr_omp_get_thread_num, fr_omp_get_num_threads,
+    fr_omp_barrier, fr_barrier, fr_barrier_init, fr_barrier_wait)
 from fastrnn._cells cimport (
     rnn_forward_step, rnn_backward_step, lstm_forward_step, lstm_backward_step,
     gru_forward_step, gru_backward_step)
@@ -51,9 +52,23 @@ cdef enum:
 CELLS = {"RNN_TANH": RNN_TANH, "RNN_RELU": RNN_RELU, "LSTM": LSTM, "GRU": GRU}
 GATES = {RNN_TANH: 1, RNN_RELU: 1, LSTM: 4, GRU: 3}
 
-# Below this many flops a call runs on one thread: waking a second one costs
-# more than it saves.
-cdef double MIN_PARALLEL_FLOPS = 2e6
+# Below this many flops (about 0.2 ms on one core) a loop runs on one thread.
+# Waking a second thread costs a few microseconds when it is still spinning
+# from the previous call, but milliseconds after the process has been idle
+# (measured on a 2-vCPU VM: 6-8 ms for the first parallel region after 50 ms
+# idle), which small calls, typically made one per request, cannot afford.
+cdef double MIN_PARALLEL_FLOPS = 2e7
+
+
+def parallel_threshold(flops=None):
+    """The work (flops) below which a loop runs on one thread; sets it when
+    given (tests set 0 to run every parallel path on small problems).
+    Returns the previous value."""
+    global MIN_PARALLEL_FLOPS
+    previous = MIN_PARALLEL_FLOPS
+    if flops is not None:
+        MIN_PARALLEL_FLOPS = float(flops)
+    return previous
 
 
 def openmp_enabled():
@@ -63,6 +78,15 @@ def openmp_enabled():
 
 def openmp_max_threads():
     return fr_omp_get_max_threads()
+
+
+def activation(str name, floating[::1] x, floating[::1] out):
+    """out = name(x) with the kernels' own activation functions (for tests)."""
+    cdef Py_ssize_t i, n = x.shape[0]
+    cdef int which = ("sigmoid", "tanh", "relu").index(name)
+    with nogil:
+        for i in range(n):
+            out[i] = sigmoid(x[i]) if which == 0 else (tanh(x[i]) if which == 1 else relu(x[i]))
 
 
 # --- BLAS thread control ----------------------------------------------------
@@ -150,32 +174,6 @@ def _layout(const Py_ssize_t[::1] batch_sizes, Py_ssize_t batch):
     return offsets, lengths
 
 
-def _shards(const Py_ssize_t[::1] lengths, double flops_per_row_step, int n_threads):
-    """Boundaries (n + 1,) of n shards of consecutive rows with about equal
-    numbers of row-steps, n <= n_threads; one shard for small problems."""
-    cdef Py_ssize_t B = lengths.shape[0], j, k, total = 0, acc = 0
-    for j in range(B):
-        total += lengths[j]
-    cdef int n = n_threads if n_threads < B else <int>B
-    if n < 1 or total * flops_per_row_step < MIN_PARALLEL_FLOPS:
-        n = 1
-    bounds = np.empty(n + 1, dtype=np.intp)
-    cdef Py_ssize_t[::1] b = bounds
-    b[0] = 0
-    k = 1
-    for j in range(B):
-        acc += lengths[j]
-        # close shard k once it holds its share, leaving a row for each one left
-        if k < n and acc * n >= total * k and B - (j + 1) >= n - k:
-            b[k] = j + 1
-            k += 1
-    while k < n:                     # not reached: every shard gets a row above
-        b[k] = B - (n - k)
-        k += 1
-    b[n] = B
-    return bounds
-
-
 cdef Steps make_steps(const Py_ssize_t[::1] batch_sizes, const Py_ssize_t[::1] offsets,
                       const Py_ssize_t[::1] lengths, bint reverse):
     """The geometry struct the loops read (pointing into the arrays given)."""
@@ -186,12 +184,6 @@ cdef Steps make_steps(const Py_ssize_t[::1] batch_sizes, const Py_ssize_t[::1] o
     steps.lengths = &lengths[0]
     steps.reverse = reverse
     return steps
-
-
-def _plan(const Py_ssize_t[::1] batch_sizes, Py_ssize_t batch, double flops_per_row_step, int n_threads):
-    """offsets, lengths and shard boundaries of a packed batch."""
-    offsets, lengths = _layout(batch_sizes, batch)
-    return offsets, lengths, _shards(lengths, flops_per_row_step, n_threads)
 
 
 cdef inline Py_ssize_t gemm_tile(Py_ssize_t rows) noexcept nogil:
@@ -244,69 +236,156 @@ cdef void column_sums_block(floating *out, const floating *a, Py_ssize_t lda,
         out[c0 + j] += <floating>acc[j]
 
 
-cdef void pack_parallel(floating *packed, const floating *w, Py_ssize_t ldw,
-                        Py_ssize_t n, Py_ssize_t k, bint by_rows, int n_threads) noexcept nogil:
-    """Pack w for rgemm: by_rows, w is (n x k) and products are A @ w.T;
-    otherwise w is (k x n) and products are A @ w."""
-    cdef Py_ssize_t nr = panel_width(<floating>0), n_panels = (n + nr - 1) // nr
-    cdef Py_ssize_t per = (n_panels + 3) // 4, i
-    cdef int threads = n_threads if n_threads < 4 else 4
-    if n * k < MIN_PARALLEL_FLOPS:
-        threads = 1
-    for i in prange(4, num_threads=threads, schedule='static'):
-        if by_rows:
-            pack_rows(packed, w, ldw, n, k, min(i * per, n_panels), min(i * per + per, n_panels))
-        else:
-            pack_cols(packed, w, ldw, n, k, min(i * per, n_panels), min(i * per + per, n_panels))
+# --- how a team of threads shares the hidden units --------------------------
+
+cdef struct Split:
+    Py_ssize_t u0, u1      # the thread's units [u0, u1)
+    Py_ssize_t p0          # its first panel of each gate (panels of nr units)
+    Py_ssize_t width       # its gate stride in the packed layout: whole panels
+    Py_ssize_t col         # its first column in arrays of the packed layout
+
+
+cdef inline Split split_units(Py_ssize_t H, Py_ssize_t G, Py_ssize_t nr, int t, int nt) noexcept nogil:
+    """Thread t's share of the H units: whole panels of nr units, the panels
+    of each gate cut into nt consecutive runs.  In the packed layout (width
+    G * P * nr, P = panels per gate), thread t's columns are its gates one
+    after the other, each `width` wide."""
+    cdef Split sp
+    cdef Py_ssize_t P = (H + nr - 1) // nr, p1
+    sp.p0 = t * P // nt
+    p1 = (t + 1) * P // nt
+    sp.u0 = min(sp.p0 * nr, H)
+    sp.u1 = min(p1 * nr, H)
+    sp.width = (p1 - sp.p0) * nr
+    sp.col = G * sp.p0 * nr
+    return sp
+
+
+cdef int team_size(double flops, int n_threads, Py_ssize_t H, Py_ssize_t nr):
+    """Threads for a time loop: at most one per panel of units, one for small work."""
+    cdef Py_ssize_t panels = (H + nr - 1) // nr
+    cdef int n = n_threads if n_threads < panels else <int>panels
+    if n < 1 or flops < MIN_PARALLEL_FLOPS:
+        n = 1
+    return n
+
+
+# Rows of x projected at once: a bound on the scratch (an eval-mode forward
+# allocates nothing proportional to T), large enough for an efficient product.
+cdef Py_ssize_t CHUNK_ROWS = 256
 
 
 # --- forward ------------------------------------------------------------------
 
-cdef void forward_rows(
-        int cell, const Steps *steps, Py_ssize_t j0, Py_ssize_t j1,
-        Py_ssize_t H, Py_ssize_t G,
+cdef void forward_thread(
+        int cell, const Steps *steps, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H, Py_ssize_t G,
+        int tid, int nt, fr_barrier *barrier,
         floating *y, Py_ssize_t ldy,       # (N, ldy) OUT h of every row and step
-        floating *h,                       # (B, H) INOUT state, rows j0..j1
-        floating *c,                       # (B, H) INOUT LSTM cell state
-        floating *gates,                   # (N, G*H) INOUT xw in, what backward needs out
+        floating *h_n,                     # (B, H) OUT final states
+        floating *c,                       # (B, H) INOUT LSTM cell state: c_0 in, c_n out
+        floating *gates,                   # (N, G*H) OUT activated gates; NULL when not training
         floating *saved,                   # (N, H) OUT RNN h', LSTM c', GRU hn; NULL when not training
-        floating *h_prev,                  # (N, H) OUT state before each step; NULL when not training
-        floating *hw,                      # (B, G*H) scratch
-        const floating *w_hh_packed,       # weight_hh packed by rows
+        floating *h_prev,                  # (N, H) OUT the state before each step; NULL when not training
+        const floating *x,                 # (N, I) IN
+        const floating *w_ih,              # (G*H, I) IN
+        const floating *w_hh,              # (G*H, H) IN
         const floating *b_ih,              # (G*H) IN
-        const floating *b_hh) noexcept nogil:  # (G*H) IN
-    """The whole time loop of rows [j0, j1)."""
-    cdef Py_ssize_t GH = G * H, s, j, r, rows
-    cdef size_t row_bytes = H * sizeof(floating)
-    for s in range(steps.lengths[j0]):
-        rows = min(steps.batch_sizes[s], j1) - j0
-        rgemm(rows, GH, H, h + j0 * H, H, w_hh_packed, hw + j0 * GH, GH, False)
-        for j in range(j0, j0 + rows):
-            r = row_at(steps, s, j)
-            if h_prev != NULL:
-                memcpy(h_prev + r * H, h + j * H, row_bytes)
-            if cell == LSTM:
-                lstm_forward_step(H, gates + r * GH, hw + j * GH, b_ih, b_hh,
-                                  h + j * H, c + j * H, y + r * ldy)
-                if saved != NULL:
-                    memcpy(saved + r * H, c + j * H, row_bytes)
-            elif cell == GRU:
-                gru_forward_step(H, gates + r * GH, hw + j * GH, b_ih, b_hh,
-                                 h + j * H, y + r * ldy)
-                if saved != NULL:
-                    memcpy(saved + r * H, hw + j * GH + 2 * H, row_bytes)
+        const floating *b_hh,              # (G*H) IN
+        const floating *h_0,               # (B, H) IN
+        floating *hbuf,                    # (2, B, H) scratch: states of even and odd steps
+        floating *packed_ih,               # (W*I) scratch: weight_ih packed
+        floating *packed_hh,               # (W*H) scratch: weight_hh packed
+        floating *bias,                    # (2, W) scratch: both biases in the packed layout
+        floating *xw, Py_ssize_t chunk,    # (chunk, W) scratch: x @ weight_ih.T of a chunk of steps
+        floating *hw,                      # (B, W) scratch: h @ weight_hh.T of a step
+        floating *xg) noexcept nogil:      # (chunk, I) scratch of this thread: x rows gathered
+    """Thread tid's part of the forward over the whole sequence: its share of
+    the units, for every row and step.  W = G * P * nr is the packed width."""
+    cdef Py_ssize_t nr = panel_width(<floating>0), P = (H + nr - 1) // nr
+    cdef Py_ssize_t W = G * P * nr, GH = G * H, S = steps.n_steps
+    cdef Split sp = split_units(H, G, nr, tid, nt)
+    cdef Py_ssize_t u0 = sp.u0, n = sp.u1 - sp.u0, gw = sp.width, col = sp.col
+    cdef Py_ssize_t g, u, j, r, s, s0, s1, rows, base
+    cdef size_t row_bytes = n * sizeof(floating)
+    cdef floating *hp
+    cdef floating *hn
+    cdef floating *xrow
+    cdef floating *hrow
+    cdef const floating *a
+    cdef int sense = 0
+    cdef bint busy = n > 0
+
+    if busy:
+        for g in range(G):
+            pack_rows(packed_ih + (col + g * gw) * I, w_ih + (g * H + u0) * I, I, n, I, 0, gw // nr)
+            pack_rows(packed_hh + (col + g * gw) * H, w_hh + (g * H + u0) * H, H, n, H, 0, gw // nr)
+            for u in range(gw):
+                bias[col + g * gw + u] = b_ih[g * H + u0 + u] if u < n else 0
+                bias[W + col + g * gw + u] = b_hh[g * H + u0 + u] if u < n else 0
+        for j in range(B):
+            memcpy(hbuf + j * H + u0, h_0 + j * H + u0, row_bytes)
+    fr_barrier_wait(barrier, &sense)    # every thread's share of h_0 is in place
+
+    s0 = 0
+    while s0 < S:
+        # a chunk of steps [s0, s1), its rows projected in one product
+        s1, rows = s0 + 1, steps.batch_sizes[s0]
+        while s1 < S and rows + steps.batch_sizes[s1] <= chunk:
+            rows += steps.batch_sizes[s1]
+            s1 += 1
+        base = steps.offsets[s0]
+        if busy:
+            if steps.reverse:  # the rows of a step are not consecutive: gather them
+                for s in range(s0, s1):
+                    for j in range(steps.batch_sizes[s]):
+                        memcpy(xg + (steps.offsets[s] - base + j) * I, x + row_at(steps, s, j) * I,
+                               I * sizeof(floating))
+                a = xg
             else:
-                rnn_forward_step(H, cell == RNN_RELU, gates + r * GH, hw + j * GH,
-                                 b_ih, b_hh, h + j * H, y + r * ldy)
-                if saved != NULL:
-                    memcpy(saved + r * H, h + j * H, row_bytes)
+                a = x + base * I
+            rgemm(rows, G * gw, I, a, I, packed_ih + col * I, xw + col, W, False)
+        for s in range(s0, s1):
+            rows = steps.batch_sizes[s]
+            hp = hbuf + (s & 1) * B * H
+            hn = hbuf + ((s + 1) & 1) * B * H
+            if busy:
+                rgemm(rows, G * gw, H, hp, H, packed_hh + col * H, hw + col, W, False)
+                for j in range(rows):
+                    r = row_at(steps, s, j)
+                    xrow = xw + (steps.offsets[s] - base + j) * W + col
+                    hrow = hw + j * W + col
+                    if cell == LSTM:
+                        lstm_forward_step(n, gw, xrow, hrow, bias + col, bias + W + col,
+                                          c + j * H + u0, hn + j * H + u0, y + r * ldy + u0)
+                    elif cell == GRU:
+                        gru_forward_step(n, gw, xrow, hrow, bias + col, bias + W + col,
+                                         hp + j * H + u0, hn + j * H + u0, y + r * ldy + u0)
+                    else:
+                        rnn_forward_step(n, cell == RNN_RELU, xrow, hrow, bias + col, bias + W + col,
+                                         hn + j * H + u0, y + r * ldy + u0)
+                    if gates != NULL:   # training: keep what backward needs
+                        for g in range(G):
+                            memcpy(gates + r * GH + g * H + u0, xrow + g * gw, row_bytes)
+                        memcpy(h_prev + r * H + u0, hp + j * H + u0, row_bytes)
+                        if cell == LSTM:
+                            memcpy(saved + r * H + u0, c + j * H + u0, row_bytes)
+                        elif cell == GRU:
+                            memcpy(saved + r * H + u0, hrow + 2 * gw, row_bytes)
+                        else:
+                            memcpy(saved + r * H + u0, hn + j * H + u0, row_bytes)
+            fr_barrier_wait(barrier, &sense)    # every thread's share of h' is in place
+        s0 = s1
+
+    if busy:   # each row's state after its own last step
+        for j in range(B):
+            memcpy(h_n + j * H + u0, hbuf + (steps.lengths[j] & 1) * B * H + j * H + u0, row_bytes)
 
 
 def forward(int cell,
             floating[:, :] y,                   # (N, H) OUT; rows may be strided, elements not
             floating[:, ::1] h_n,               # (B, H) OUT final state (packed order)
             floating[:, ::1] c_n,               # (B, H) OUT LSTM final cell state, else (0, H)
-            floating[:, ::1] gates,             # (N, G*H) OUT workspace
+            floating[:, ::1] gates,             # (N, G*H) OUT when training, else (0, G*H)
             floating[:, ::1] saved,             # (N, H) OUT when training, else (0, H)
             floating[:, ::1] h_prev,            # (N, H) OUT when training, else (0, H)
             const floating[:, ::1] x,           # (N, I) IN
@@ -321,71 +400,94 @@ def forward(int cell,
     """One layer, one direction.  Training (what backward needs is kept in
     gates, saved and h_prev) when h_prev has rows."""
     cdef Py_ssize_t B = h_n.shape[0], H = h_n.shape[1], N = x.shape[0], I = x.shape[1]
-    cdef Py_ssize_t GH = gates.shape[1], G = GH // H
+    cdef Py_ssize_t G = weight_hh.shape[0] // H
+    cdef Py_ssize_t nr = panel_width(<floating>0), W = G * ((H + nr - 1) // nr) * nr
     cdef bint training = h_prev.shape[0] > 0
     dtype = np.float32 if floating is float else np.float64
     if y.strides[1] != sizeof(floating):
         raise ValueError("forward: the rows of y must be contiguous")
-    offsets, lengths, bounds = _plan(batch_sizes, B, 2.0 * GH * H, n_threads)
+    offsets, lengths = _layout(batch_sizes, B)
     cdef Steps steps = make_steps(batch_sizes, offsets, lengths, reverse)
-    cdef Py_ssize_t[::1] bnd = bounds
-    cdef Py_ssize_t n_shards = bnd.shape[0] - 1, i
-    cdef floating[::1] packed = np.empty(fr_packed_len(GH, H, panel_width(<floating>0)), dtype=dtype)
-    cdef floating[:, ::1] hw = np.empty((B, GH), dtype=dtype)
+    cdef int nt = team_size(2.0 * N * G * H * (I + H), n_threads, H, nr), tid, team
+    cdef Py_ssize_t chunk = max(CHUNK_ROWS, B)
+    cdef floating[::1] packed_ih = np.empty(W * I, dtype=dtype)
+    cdef floating[::1] packed_hh = np.empty(W * H, dtype=dtype)
+    cdef floating[::1] bias = np.empty(2 * W, dtype=dtype)
+    cdef floating[:, ::1] xw = np.empty((chunk, W), dtype=dtype)
+    cdef floating[:, ::1] hw = np.empty((B, W), dtype=dtype)
+    cdef floating[:, :, ::1] hbuf = np.empty((2, B, H), dtype=dtype)
+    # each thread gathers the rows of a step of the reverse direction for itself
+    cdef floating[:, :, ::1] xg = np.empty((nt if reverse else 1, chunk if reverse else 1, I), dtype=dtype)
     cdef floating *c_ptr = &c_n[0, 0] if cell == LSTM else NULL
+    cdef floating *gates_ptr = &gates[0, 0] if training else NULL
     cdef floating *saved_ptr = &saved[0, 0] if training else NULL
     cdef floating *h_prev_ptr = &h_prev[0, 0] if training else NULL
+    cdef fr_barrier barrier
+    fr_barrier_init(&barrier, 1)
+    if cell == LSTM:
+        c_n[:, :] = c_0
 
-    blas_pin()
-    with nogil:
-        gemm_tiled(False, N, GH, I, &x[0, 0], I, &weight_ih[0, 0], I, True,
-                   0, &gates[0, 0], GH, n_threads)
-        pack_parallel(&packed[0], &weight_hh[0, 0], H, GH, H, True, n_threads)
-        memcpy(&h_n[0, 0], &h_0[0, 0], B * H * sizeof(floating))
-        if cell == LSTM:
-            memcpy(&c_n[0, 0], &c_0[0, 0], B * H * sizeof(floating))
-        for i in prange(n_shards, num_threads=n_shards, schedule='static'):
-            forward_rows(cell, &steps, bnd[i], bnd[i + 1], H, G,
-                         &y[0, 0], y.strides[0] // sizeof(floating),
-                         &h_n[0, 0], c_ptr, &gates[0, 0], saved_ptr, h_prev_ptr,
-                         &hw[0, 0], &packed[0], &bias_ih[0], &bias_hh[0])
-    blas_unpin()
+    with nogil, parallel(num_threads=nt):
+        tid = fr_omp_get_thread_num()
+        team = fr_omp_get_num_threads()
+        if tid == 0:
+            fr_barrier_init(&barrier, team)
+        fr_omp_barrier()
+        forward_thread(cell, &steps, B, I, H, G, tid, team, &barrier,
+                       &y[0, 0], y.strides[0] // sizeof(floating), &h_n[0, 0], c_ptr,
+                       gates_ptr, saved_ptr, h_prev_ptr, &x[0, 0], &weight_ih[0, 0], &weight_hh[0, 0],
+                       &bias_ih[0], &bias_hh[0], &h_0[0, 0], &hbuf[0, 0, 0], &packed_ih[0], &packed_hh[0],
+                       &bias[0], &xw[0, 0], chunk, &hw[0, 0], &xg[tid if reverse else 0, 0, 0])
 
 
 # --- backward -----------------------------------------------------------------
 
-cdef void backward_rows(
-        int cell, const Steps *steps, Py_ssize_t j0, Py_ssize_t j1,
-        Py_ssize_t H, Py_ssize_t G,
+cdef void backward_thread(
+        int cell, const Steps *steps, Py_ssize_t B, Py_ssize_t H, Py_ssize_t G,
+        int tid, int nt, fr_barrier *barrier,
         floating *gates,                   # (N, G*H) INOUT forward's gates in, dxw out
         floating *saved,                   # (N, H) INOUT RNN h', LSTM c' (in); GRU hn in, dhn out
         const floating *h_prev,            # (N, H) IN
         const floating *dy, Py_ssize_t lddy,   # (N, lddy) IN gradient of the outputs
-        floating *dh,                      # (B, H) INOUT gradient of the state, rows j0..j1
-        floating *dc,                      # (B, H) INOUT LSTM gradient of the cell state
+        floating *dh,                      # (B, H) INOUT gradient of the state: dh_n in, dh_0 out
+        floating *dc,                      # (B, H) INOUT LSTM: dc_n in, dc_0 out
         const floating *c_0,               # (B, H) IN LSTM initial cell state
-        floating *dhw,                     # (B, G*H) scratch
-        const floating *w_hh_packed) noexcept nogil:  # weight_hh packed by columns
-    """The whole backward time loop of rows [j0, j1)."""
-    cdef Py_ssize_t GH = G * H, s, j, r
-    cdef Py_ssize_t rows
+        const floating *w_hh,              # (G*H, H) IN
+        floating *packed,                  # (P*nr*G*H) scratch: weight_hh packed by columns
+        floating *dhw) noexcept nogil:     # (2, B, G*H) scratch: dhw of even and odd steps
+    """Thread tid's part of backpropagation through time: its share of the
+    units, every row, every step from the last."""
+    cdef Py_ssize_t nr = panel_width(<floating>0), GH = G * H, S = steps.n_steps
+    cdef Split sp = split_units(H, G, nr, tid, nt)
+    cdef Py_ssize_t u0 = sp.u0, n = sp.u1 - sp.u0
+    cdef Py_ssize_t s, j, r
     cdef const floating *c_prev
-    for s in range(steps.lengths[j0] - 1, -1, -1):
-        rows = min(steps.batch_sizes[s], j1) - j0
-        for j in range(j0, j0 + rows):
-            r = row_at(steps, s, j)
-            if cell == LSTM:
-                c_prev = c_0 + j * H if s == 0 else saved + row_at(steps, s - 1, j) * H
-                lstm_backward_step(H, gates + r * GH, dhw + j * GH, saved + r * H, c_prev,
-                                   dh + j * H, dc + j * H, dy + r * lddy)
-            elif cell == GRU:
-                gru_backward_step(H, gates + r * GH, dhw + j * GH, saved + r * H,
-                                  h_prev + r * H, dh + j * H, dy + r * lddy)
-            else:
-                rnn_backward_step(H, cell == RNN_RELU, gates + r * GH, dhw + j * GH,
-                                  saved + r * H, dh + j * H, dy + r * lddy)
-        # dh of the previous step: the GRU adds to its direct part z * dh
-        rgemm(rows, H, GH, dhw + j0 * GH, GH, w_hh_packed, dh + j0 * H, H, cell == GRU)
+    cdef floating *d
+    cdef int sense = 0
+    cdef bint busy = n > 0
+    if busy:
+        pack_cols(packed, w_hh, H, H, GH, sp.p0, sp.p0 + sp.width // nr)
+    for s in range(S - 1, -1, -1):
+        if busy:
+            if s + 1 < S:   # dh of the rows still running after step s: dhw of step s+1 @ weight_hh
+                rgemm(steps.batch_sizes[s + 1], n, GH, dhw + ((s + 1) & 1) * B * GH, GH,
+                      packed + sp.p0 * nr * GH, dh + u0, H, cell == GRU)
+            d = dhw + (s & 1) * B * GH
+            for j in range(steps.batch_sizes[s]):
+                r = row_at(steps, s, j)
+                if cell == LSTM:
+                    c_prev = c_0 + j * H + u0 if s == 0 else saved + row_at(steps, s - 1, j) * H + u0
+                    lstm_backward_step(n, H, gates + r * GH + u0, d + j * GH + u0, saved + r * H + u0, c_prev,
+                                       dh + j * H + u0, dc + j * H + u0, dy + r * lddy + u0)
+                elif cell == GRU:
+                    gru_backward_step(n, H, gates + r * GH + u0, d + j * GH + u0, saved + r * H + u0,
+                                      h_prev + r * H + u0, dh + j * H + u0, dy + r * lddy + u0)
+                else:
+                    rnn_backward_step(n, cell == RNN_RELU, gates + r * GH + u0, d + j * GH + u0,
+                                      saved + r * H + u0, dh + j * H + u0, dy + r * lddy + u0)
+        fr_barrier_wait(barrier, &sense)    # every thread's share of dhw is in place
+    if busy:   # the gradient of the initial state (the GRU adds to its direct part)
+        rgemm(steps.batch_sizes[0], n, GH, dhw, GH, packed + sp.p0 * nr * GH, dh + u0, H, cell == GRU)
 
 
 def backward(int cell,
@@ -412,34 +514,40 @@ def backward(int cell,
     cdef Py_ssize_t B = dh_0.shape[0], H = dh_0.shape[1], N = x.shape[0], I = x.shape[1]
     cdef Py_ssize_t GH = gates.shape[1], G = GH // H
     cdef Py_ssize_t GH_direct = 2 * H if cell == GRU else GH
+    cdef Py_ssize_t nr = panel_width(<floating>0)
     cdef bint has_bias = dbias_ih.shape[0] > 0
     dtype = np.float32 if floating is float else np.float64
     if dy.strides[1] != sizeof(floating):
         raise ValueError("backward: the rows of dy must be contiguous")
-    offsets, lengths, bounds = _plan(batch_sizes, B, 2.0 * GH * H, n_threads)
+    offsets, lengths = _layout(batch_sizes, B)
     cdef Steps steps = make_steps(batch_sizes, offsets, lengths, reverse)
-    cdef Py_ssize_t[::1] bnd = bounds
-    cdef Py_ssize_t n_shards = bnd.shape[0] - 1, i
-    cdef floating[::1] packed = np.empty(fr_packed_len(H, GH, panel_width(<floating>0)), dtype=dtype)
-    cdef floating[:, ::1] dhw = np.empty((B, GH), dtype=dtype)
+    cdef int nt = team_size(2.0 * N * GH * H, n_threads, H, nr), tid, team
+    cdef floating[::1] packed = np.empty(fr_packed_len(H, GH, nr), dtype=dtype)
+    cdef floating[:, :, ::1] dhw = np.empty((2, B, GH), dtype=dtype)
     cdef floating *saved_ptr = &saved[0, 0]
     cdef floating *dc_ptr = &dc_0[0, 0] if cell == LSTM else NULL
     cdef const floating *c_0_ptr = &c_0[0, 0] if cell == LSTM else NULL
+    cdef fr_barrier barrier
+    fr_barrier_init(&barrier, 1)
+    dh_0[:, :] = dh_n
+    if cell == LSTM:
+        dc_0[:, :] = dc_n
 
+    with nogil, parallel(num_threads=nt):
+        tid = fr_omp_get_thread_num()
+        team = fr_omp_get_num_threads()
+        if tid == 0:
+            fr_barrier_init(&barrier, team)
+        fr_omp_barrier()
+        backward_thread(cell, &steps, B, H, G, tid, team, &barrier, &gates[0, 0], saved_ptr, &h_prev[0, 0],
+                        &dy[0, 0], dy.strides[0] // sizeof(floating), &dh_0[0, 0], dc_ptr, c_0_ptr,
+                        &weight_hh[0, 0], &packed[0], &dhw[0, 0, 0])
+
+    # gates now holds dxw, the gradient of x @ weight_ih.T, for every row; the
+    # gradient of h @ weight_hh.T is the same, but for the GRU's n gate, whose
+    # part (dhn) is in saved.  The products over all rows go to BLAS.
     blas_pin()
     with nogil:
-        pack_parallel(&packed[0], &weight_hh[0, 0], H, H, GH, False, n_threads)
-        memcpy(&dh_0[0, 0], &dh_n[0, 0], B * H * sizeof(floating))
-        if cell == LSTM:
-            memcpy(&dc_0[0, 0], &dc_n[0, 0], B * H * sizeof(floating))
-        for i in prange(n_shards, num_threads=n_shards, schedule='static'):
-            backward_rows(cell, &steps, bnd[i], bnd[i + 1], H, G,
-                          &gates[0, 0], saved_ptr, &h_prev[0, 0],
-                          &dy[0, 0], dy.strides[0] // sizeof(floating),
-                          &dh_0[0, 0], dc_ptr, c_0_ptr, &dhw[0, 0], &packed[0])
-        # gates now holds dxw, the gradient of x @ weight_ih.T, for every row;
-        # the gradient of h @ weight_hh.T is the same, but for the GRU's n
-        # gate, whose part (dhn) is in saved.
         gemm_tiled(False, N, I, GH, &gates[0, 0], GH, &weight_ih[0, 0], I, False,
                    1 if accumulate_dx else 0, &dx[0, 0], I, n_threads)
         gemm_tiled(True, GH, I, N, &gates[0, 0], GH, &x[0, 0], I, False,

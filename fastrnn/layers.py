@@ -248,7 +248,7 @@ class _RNNBase(Module):
         dtype, threads, no_rows = self.dtype, get_num_threads(), self._no_rows
         h_n = np.empty((self.num_layers * D, B, H), dtype=dtype)
         c_n = np.empty_like(h_n) if is_lstm else None
-        scratch = None if training else np.empty((N, G * H), dtype=dtype)
+        no_gates = np.empty((0, G * H), dtype=dtype)
         layers = []
         for layer in range(self.num_layers):
             y = np.empty((N, D * H), dtype=dtype)
@@ -261,7 +261,7 @@ class _RNNBase(Module):
                     h_prev = np.empty((N, H), dtype=dtype)
                     directions.append((gates, saved, h_prev))
                 else:
-                    gates, saved, h_prev = scratch, no_rows, no_rows
+                    gates, saved, h_prev = no_gates, no_rows, no_rows
                 w_ih, w_hh, b_ih, b_hh = self._params_of(layer, d)
                 _recurrence.forward(
                     self._cell, y[:, d * H:(d + 1) * H], h_n[i], c_n[i] if is_lstm else no_rows,

@@ -9,15 +9,19 @@ from conftest import MODES, backward_layer, make_layer, run_layer
 
 @pytest.fixture
 def restore_threads():
+    """Restores the thread count, and makes every loop worth splitting: the
+    sizes here are small, and by default small loops stay on one thread."""
+    from fastrnn import _recurrence
     before = fastrnn.get_num_threads()
+    threshold = _recurrence.parallel_threshold(0)
     yield
     fastrnn.set_num_threads(before)
+    _recurrence.parallel_threshold(threshold)
 
 
 def run_everything(mode, dtype, threads, lengths, B, bidirectional):
     fastrnn.set_num_threads(threads)
     rng = np.random.default_rng(0)
-    # large enough that both the batch shards and the GEMM tiles go parallel
     T, I, H = 40, 48, 40
     layer = make_layer(mode, I, H, dtype=dtype, num_layers=2, bidirectional=bidirectional, seed=1)
     x = rng.standard_normal((T, B, I)).astype(dtype)
