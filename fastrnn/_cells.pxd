@@ -3,8 +3,10 @@
 # products, the ragged batch, the threads) is shared, in _recurrence.pyx.
 #
 # Conventions are PyTorch's.  Per row, with G gates of H units each:
-#   xw = x @ weight_ih.T   (G*H)  input part
-#   hw = h @ weight_hh.T   (G*H)  recurrent part
+#   xw = x @ weight_ih.T + b   (G*H)  input part, with the biases folded in:
+#                                      b = bias_ih + bias_hh, but for the GRU's
+#                                      n gate, whose bias_hh sits inside r * (.)
+#   hw = h @ weight_hh.T       (G*H)  recurrent part
 # Each function handles n units (a thread's share of the H units) of one row:
 # its arrays hold gate g of unit u at [g * gs + u], gs the gate stride of the
 # layout they come in (a thread's packed layout in the forward, the G*H rows of
@@ -24,20 +26,18 @@
 from fastrnn._common cimport floating, sigmoid, tanh, relu
 
 
-# Elman RNN: h' = act(xw + b_ih + hw + b_hh), act = tanh or relu ------------
+# Elman RNN: h' = act(xw + hw), act = tanh or relu -------------------------
 
 cdef inline void rnn_forward_step(
         Py_ssize_t n, bint use_relu,
         const floating *xw,          # (n) IN
         const floating *hw,          # (n) IN
-        const floating *b_ih,        # (n) IN
-        const floating *b_hh,        # (n) IN
         floating *h,                 # (n) OUT new state h'
         floating *y) noexcept nogil:  # (n) OUT h'
     cdef Py_ssize_t u
     cdef floating v
     for u in range(n):
-        v = (xw[u] + b_ih[u]) + (hw[u] + b_hh[u])
+        v = xw[u] + hw[u]
         v = relu(v) if use_relu else tanh(v)
         h[u] = v
         y[u] = v
@@ -70,18 +70,16 @@ cdef inline void lstm_forward_step(
         Py_ssize_t n, Py_ssize_t gs,
         floating *xw,                # (4 gs) IN, OUT i, f, g, o
         const floating *hw,          # (4 gs) IN
-        const floating *b_ih,        # (4 gs) IN
-        const floating *b_hh,        # (4 gs) IN
         floating *c,                 # (n) INOUT cell state
         floating *h,                 # (n) OUT new state h'
         floating *y) noexcept nogil:  # (n) OUT h'
     cdef Py_ssize_t u
     cdef floating i, f, g, o, c_new, h_new
     for u in range(n):
-        i = sigmoid((xw[u] + b_ih[u]) + (hw[u] + b_hh[u]))
-        f = sigmoid((xw[gs + u] + b_ih[gs + u]) + (hw[gs + u] + b_hh[gs + u]))
-        g = tanh((xw[2 * gs + u] + b_ih[2 * gs + u]) + (hw[2 * gs + u] + b_hh[2 * gs + u]))
-        o = sigmoid((xw[3 * gs + u] + b_ih[3 * gs + u]) + (hw[3 * gs + u] + b_hh[3 * gs + u]))
+        i = sigmoid(xw[u] + hw[u])
+        f = sigmoid(xw[gs + u] + hw[gs + u])
+        g = tanh(xw[2 * gs + u] + hw[2 * gs + u])
+        o = sigmoid(xw[3 * gs + u] + hw[3 * gs + u])
         c_new = f * c[u] + i * g
         h_new = o * tanh(c_new)
         xw[u] = i
@@ -128,25 +126,24 @@ cdef inline void lstm_backward_step(
 
 
 # GRU, gates r, z, n ----------------------------------------------------------
-#   r = sigmoid(.), z = sigmoid(.), hn = hw_n + b_hn
-#   nn = tanh(xw_n + b_in + r * hn) ;  h' = nn + z * (h - nn)  (= (1 - z) nn + z h)
+#   r = sigmoid(xw_r + hw_r), z = sigmoid(xw_z + hw_z), hn = hw_n + b_hn
+#   nn = tanh(xw_n + r * hn) ;  h' = nn + z * (h - nn)  (= (1 - z) nn + z h)
 
 cdef inline void gru_forward_step(
         Py_ssize_t n, Py_ssize_t gs,
         floating *xw,                # (3 gs) IN, OUT r, z, n
         floating *hw,                # (3 gs) IN ; OUT hn in its last gate
-        const floating *b_ih,        # (3 gs) IN
-        const floating *b_hh,        # (3 gs) IN
+        const floating *b_hn,        # (n) IN bias_hh of the n gate
         const floating *h_prev,      # (n) IN state h
         floating *h,                 # (n) OUT new state h'
         floating *y) noexcept nogil:  # (n) OUT h'
     cdef Py_ssize_t u
     cdef floating r, z, hn, nn, h_new
     for u in range(n):
-        r = sigmoid((xw[u] + b_ih[u]) + (hw[u] + b_hh[u]))
-        z = sigmoid((xw[gs + u] + b_ih[gs + u]) + (hw[gs + u] + b_hh[gs + u]))
-        hn = hw[2 * gs + u] + b_hh[2 * gs + u]
-        nn = tanh((xw[2 * gs + u] + b_ih[2 * gs + u]) + r * hn)
+        r = sigmoid(xw[u] + hw[u])
+        z = sigmoid(xw[gs + u] + hw[gs + u])
+        hn = hw[2 * gs + u] + b_hn[u]
+        nn = tanh(xw[2 * gs + u] + r * hn)
         h_new = nn + z * (h_prev[u] - nn)
         xw[u] = r
         xw[gs + u] = z

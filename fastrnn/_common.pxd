@@ -24,9 +24,9 @@ cdef extern from "rgemm.h" nogil:
     void fr_pack_cols_f32(float *Wp, const float *S, long lds, long N, long K, long p0, long p1)
     void fr_pack_cols_f64(double *Wp, const double *S, long lds, long N, long K, long p0, long p1)
     void fr_rgemm_f32(long M, long N, long K, const float *A, long lda,
-                      const float *Wp, float *C, long ldc, int accumulate)
+                      const float *Wp, float *C, long ldc, int accumulate, const float *bias)
     void fr_rgemm_f64(long M, long N, long K, const double *A, long lda,
-                      const double *Wp, double *C, long ldc, int accumulate)
+                      const double *Wp, double *C, long ldc, int accumulate, const double *bias)
 
 
 cdef extern from "omp_compat.h" nogil:
@@ -36,6 +36,7 @@ cdef extern from "omp_compat.h" nogil:
     int fr_omp_get_thread_num()
     int fr_omp_get_num_threads()
     void fr_omp_barrier()
+    double fr_omp_get_wtime()
 
 
 cdef extern from "barrier.h" nogil:
@@ -94,12 +95,14 @@ cdef inline void pack_cols(floating *packed, const floating *s, Py_ssize_t lds,
 
 cdef inline void rgemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
                        const floating *a, Py_ssize_t lda, const floating *packed,
-                       floating *c, Py_ssize_t ldc, bint accumulate) noexcept nogil:
-    """c (m x n) = [c +] a (m x k) @ w.T with w packed by pack_rows/pack_cols."""
+                       floating *c, Py_ssize_t ldc, bint accumulate,
+                       const floating *bias=NULL) noexcept nogil:
+    """c (m x n) = [c +] a (m x k) @ w.T [+ bias] with w packed by
+    pack_rows/pack_cols; bias (n rounded up to whole panels) or NULL."""
     if floating is float:
-        fr_rgemm_f32(m, n, k, a, lda, packed, c, ldc, accumulate)
+        fr_rgemm_f32(m, n, k, a, lda, packed, c, ldc, accumulate, bias)
     else:
-        fr_rgemm_f64(m, n, k, a, lda, packed, c, ldc, accumulate)
+        fr_rgemm_f64(m, n, k, a, lda, packed, c, ldc, accumulate, bias)
 
 
 cdef inline void gemm(bint trans_a, bint trans_b, int m, int n, int k,

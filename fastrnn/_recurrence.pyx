@@ -30,6 +30,8 @@
 # The Python wrappers validate nothing: fastrnn.layers does that, and
 # allocates every output.  They allocate only scratch, before the GIL is
 # released; nothing below them raises or allocates.
+import threading
+
 import numpy as np
 from cython.parallel cimport parallel, prange
 from libc.string cimport memcpy
@@ -37,7 +39,7 @@ from libc.string cimport memcpy
 from fastrnn._common cimport (
     floating, sigmoid, tanh, relu, gemm, rgemm, pack_rows, pack_cols, panel_width, fr_packed_len,
     FR_HAVE_OPENMP, fr_omp_get_max_threads, fr_omp_get_thread_num, fr_omp_get_num_threads,
-    fr_omp_barrier, fr_barrier, fr_barrier_init, fr_barrier_wait)
+    fr_omp_barrier, fr_omp_get_wtime, fr_barrier, fr_barrier_init, fr_barrier_wait)
 from fastrnn._cells cimport (
     rnn_forward_step, rnn_backward_step, lstm_forward_step, lstm_backward_step,
     gru_forward_step, gru_backward_step)
@@ -236,6 +238,40 @@ cdef void column_sums_block(floating *out, const floating *a, Py_ssize_t lda,
         out[c0 + j] += <floating>acc[j]
 
 
+# --- scratch -------------------------------------------------------------------
+# The kernels' scratch (packed weights, per-step buffers) comes from one buffer
+# per Python thread, kept between calls: allocating tens of megabytes afresh
+# each call costs page faults (measured: 5% of a wide LSTM forward).  One per
+# thread, so that calls from several threads never share it.
+
+_local = threading.local()
+
+
+cdef class Scratch:
+    """Carves 64-byte aligned pieces out of the calling thread's buffer."""
+    cdef char *base
+    cdef Py_ssize_t used, size
+
+    def __cinit__(self, Py_ssize_t nbytes):
+        buffer = getattr(_local, "buffer", None)
+        if buffer is None or buffer.nbytes < nbytes + 64:
+            buffer = np.empty(nbytes + 64, dtype=np.uint8)
+            _local.buffer = buffer
+        cdef Py_ssize_t address = buffer.ctypes.data
+        self.base = <char *>(address + (64 - address % 64) % 64)
+        self.size = nbytes
+        self.used = 0
+
+    cdef void *take(self, Py_ssize_t nbytes) noexcept:
+        cdef void *p = self.base + self.used
+        self.used += (nbytes + 63) // 64 * 64
+        return p
+
+
+cdef inline Py_ssize_t padded(Py_ssize_t nbytes) noexcept nogil:
+    return (nbytes + 63) // 64 * 64
+
+
 # --- how a team of threads shares the hidden units --------------------------
 
 cdef struct Split:
@@ -261,13 +297,32 @@ cdef inline Split split_units(Py_ssize_t H, Py_ssize_t G, Py_ssize_t nr, int t, 
     return sp
 
 
-cdef int team_size(double flops, int n_threads, Py_ssize_t H, Py_ssize_t nr):
-    """Threads for a time loop: at most one per panel of units, one for small work."""
+# Small problems in a loop.  An OpenMP worker keeps spinning for a few
+# milliseconds after a parallel region while the calling thread stays busy
+# (measured: 3-10 ms), and a new region then starts in about a microsecond.
+# So a call that comes less than WARM_SECONDS after the previous one ended
+# uses the threads down to MIN_WARM_FLOPS_PER_STEP of work per step (below
+# that, the barrier of every step costs more than the split saves: measured
+# on the Elman RNN at B=1, H=64).
+cdef double WARM_SECONDS = 2e-3
+cdef double MIN_WARM_FLOPS_PER_STEP = 4e4
+cdef double _last_call_end = -1.0
+
+
+cdef int team_size(double flops, double flops_per_step, int n_threads, Py_ssize_t H, Py_ssize_t nr):
+    """Threads for a time loop: at most one per panel of units; one for small
+    work, unless it comes in a loop (see WARM_SECONDS)."""
     cdef Py_ssize_t panels = (H + nr - 1) // nr
     cdef int n = n_threads if n_threads < panels else <int>panels
-    if n < 1 or flops < MIN_PARALLEL_FLOPS:
+    cdef bint warm = _last_call_end >= 0 and fr_omp_get_wtime() - _last_call_end < WARM_SECONDS
+    if n < 1 or (flops < MIN_PARALLEL_FLOPS and not (warm and flops_per_step >= MIN_WARM_FLOPS_PER_STEP)):
         n = 1
     return n
+
+
+cdef void call_ended() noexcept:
+    global _last_call_end
+    _last_call_end = fr_omp_get_wtime()
 
 
 # Rows of x projected at once: a bound on the scratch (an eval-mode forward
@@ -295,7 +350,7 @@ cdef void forward_thread(
         floating *hbuf,                    # (2, B, H) scratch: states of even and odd steps
         floating *packed_ih,               # (W*I) scratch: weight_ih packed
         floating *packed_hh,               # (W*H) scratch: weight_hh packed
-        floating *bias,                    # (2, W) scratch: both biases in the packed layout
+        floating *bias,                    # (2, W) scratch: biases in the packed layout
         floating *xw, Py_ssize_t chunk,    # (chunk, W) scratch: x @ weight_ih.T of a chunk of steps
         floating *hw,                      # (B, W) scratch: h @ weight_hh.T of a step
         floating *xg) noexcept nogil:      # (chunk, I) scratch of this thread: x rows gathered
@@ -319,9 +374,16 @@ cdef void forward_thread(
         for g in range(G):
             pack_rows(packed_ih + (col + g * gw) * I, w_ih + (g * H + u0) * I, I, n, I, 0, gw // nr)
             pack_rows(packed_hh + (col + g * gw) * H, w_hh + (g * H + u0) * H, H, n, H, 0, gw // nr)
+            # both biases folded into the input product, but the GRU's b_hn,
+            # which multiplies r: it goes to the second row of `bias`
             for u in range(gw):
-                bias[col + g * gw + u] = b_ih[g * H + u0 + u] if u < n else 0
-                bias[W + col + g * gw + u] = b_hh[g * H + u0 + u] if u < n else 0
+                if u >= n:
+                    bias[col + g * gw + u] = 0
+                elif cell == GRU and g == 2:
+                    bias[col + g * gw + u] = b_ih[g * H + u0 + u]
+                    bias[W + col + u] = b_hh[g * H + u0 + u]
+                else:
+                    bias[col + g * gw + u] = b_ih[g * H + u0 + u] + b_hh[g * H + u0 + u]
         for j in range(B):
             memcpy(hbuf + j * H + u0, h_0 + j * H + u0, row_bytes)
     fr_barrier_wait(barrier, &sense)    # every thread's share of h_0 is in place
@@ -343,7 +405,7 @@ cdef void forward_thread(
                 a = xg
             else:
                 a = x + base * I
-            rgemm(rows, G * gw, I, a, I, packed_ih + col * I, xw + col, W, False)
+            rgemm(rows, G * gw, I, a, I, packed_ih + col * I, xw + col, W, False, bias + col)
         for s in range(s0, s1):
             rows = steps.batch_sizes[s]
             hp = hbuf + (s & 1) * B * H
@@ -355,14 +417,14 @@ cdef void forward_thread(
                     xrow = xw + (steps.offsets[s] - base + j) * W + col
                     hrow = hw + j * W + col
                     if cell == LSTM:
-                        lstm_forward_step(n, gw, xrow, hrow, bias + col, bias + W + col,
-                                          c + j * H + u0, hn + j * H + u0, y + r * ldy + u0)
+                        lstm_forward_step(n, gw, xrow, hrow, c + j * H + u0, hn + j * H + u0,
+                                          y + r * ldy + u0)
                     elif cell == GRU:
-                        gru_forward_step(n, gw, xrow, hrow, bias + col, bias + W + col,
-                                         hp + j * H + u0, hn + j * H + u0, y + r * ldy + u0)
-                    else:
-                        rnn_forward_step(n, cell == RNN_RELU, xrow, hrow, bias + col, bias + W + col,
+                        gru_forward_step(n, gw, xrow, hrow, bias + W + col, hp + j * H + u0,
                                          hn + j * H + u0, y + r * ldy + u0)
+                    else:
+                        rnn_forward_step(n, cell == RNN_RELU, xrow, hrow, hn + j * H + u0,
+                                         y + r * ldy + u0)
                     if gates != NULL:   # training: keep what backward needs
                         for g in range(G):
                             memcpy(gates + r * GH + g * H + u0, xrow + g * gw, row_bytes)
@@ -408,16 +470,20 @@ def forward(int cell,
         raise ValueError("forward: the rows of y must be contiguous")
     offsets, lengths = _layout(batch_sizes, B)
     cdef Steps steps = make_steps(batch_sizes, offsets, lengths, reverse)
-    cdef int nt = team_size(2.0 * N * G * H * (I + H), n_threads, H, nr), tid, team
+    cdef int nt = team_size(2.0 * N * G * H * (I + H), 2.0 * B * G * H * (I + H), n_threads, H, nr), tid, team
     cdef Py_ssize_t chunk = max(CHUNK_ROWS, B)
-    cdef floating[::1] packed_ih = np.empty(W * I, dtype=dtype)
-    cdef floating[::1] packed_hh = np.empty(W * H, dtype=dtype)
-    cdef floating[::1] bias = np.empty(2 * W, dtype=dtype)
-    cdef floating[:, ::1] xw = np.empty((chunk, W), dtype=dtype)
-    cdef floating[:, ::1] hw = np.empty((B, W), dtype=dtype)
-    cdef floating[:, :, ::1] hbuf = np.empty((2, B, H), dtype=dtype)
-    # each thread gathers the rows of a step of the reverse direction for itself
-    cdef floating[:, :, ::1] xg = np.empty((nt if reverse else 1, chunk if reverse else 1, I), dtype=dtype)
+    # each thread gathers the rows of the steps of the reverse direction for itself
+    cdef Py_ssize_t xg_size = chunk * I if reverse else 0, f = sizeof(floating)
+    cdef Scratch scratch = Scratch(padded(W * I * f) + padded(W * H * f) + padded(2 * W * f)
+                                   + padded(chunk * W * f) + padded(B * W * f) + padded(2 * B * H * f)
+                                   + nt * padded(xg_size * f))
+    cdef floating *packed_ih = <floating *>scratch.take(W * I * f)
+    cdef floating *packed_hh = <floating *>scratch.take(W * H * f)
+    cdef floating *bias = <floating *>scratch.take(2 * W * f)
+    cdef floating *xw = <floating *>scratch.take(chunk * W * f)
+    cdef floating *hw = <floating *>scratch.take(B * W * f)
+    cdef floating *hbuf = <floating *>scratch.take(2 * B * H * f)
+    cdef floating *xg = <floating *>scratch.take(0)
     cdef floating *c_ptr = &c_n[0, 0] if cell == LSTM else NULL
     cdef floating *gates_ptr = &gates[0, 0] if training else NULL
     cdef floating *saved_ptr = &saved[0, 0] if training else NULL
@@ -436,8 +502,9 @@ def forward(int cell,
         forward_thread(cell, &steps, B, I, H, G, tid, team, &barrier,
                        &y[0, 0], y.strides[0] // sizeof(floating), &h_n[0, 0], c_ptr,
                        gates_ptr, saved_ptr, h_prev_ptr, &x[0, 0], &weight_ih[0, 0], &weight_hh[0, 0],
-                       &bias_ih[0], &bias_hh[0], &h_0[0, 0], &hbuf[0, 0, 0], &packed_ih[0], &packed_hh[0],
-                       &bias[0], &xw[0, 0], chunk, &hw[0, 0], &xg[tid if reverse else 0, 0, 0])
+                       &bias_ih[0], &bias_hh[0], &h_0[0, 0], hbuf, packed_ih, packed_hh,
+                       bias, xw, chunk, hw, xg + tid * padded(xg_size * f) // f)
+    call_ended()
 
 
 # --- backward -----------------------------------------------------------------
@@ -521,9 +588,11 @@ def backward(int cell,
         raise ValueError("backward: the rows of dy must be contiguous")
     offsets, lengths = _layout(batch_sizes, B)
     cdef Steps steps = make_steps(batch_sizes, offsets, lengths, reverse)
-    cdef int nt = team_size(2.0 * N * GH * H, n_threads, H, nr), tid, team
-    cdef floating[::1] packed = np.empty(fr_packed_len(H, GH, nr), dtype=dtype)
-    cdef floating[:, :, ::1] dhw = np.empty((2, B, GH), dtype=dtype)
+    cdef int nt = team_size(2.0 * N * GH * H, 2.0 * B * GH * H, n_threads, H, nr), tid, team
+    cdef Py_ssize_t f = sizeof(floating)
+    cdef Scratch scratch = Scratch(padded(fr_packed_len(H, GH, nr) * f) + padded(2 * B * GH * f))
+    cdef floating *packed = <floating *>scratch.take(fr_packed_len(H, GH, nr) * f)
+    cdef floating *dhw = <floating *>scratch.take(2 * B * GH * f)
     cdef floating *saved_ptr = &saved[0, 0]
     cdef floating *dc_ptr = &dc_0[0, 0] if cell == LSTM else NULL
     cdef const floating *c_0_ptr = &c_0[0, 0] if cell == LSTM else NULL
@@ -541,7 +610,7 @@ def backward(int cell,
         fr_omp_barrier()
         backward_thread(cell, &steps, B, H, G, tid, team, &barrier, &gates[0, 0], saved_ptr, &h_prev[0, 0],
                         &dy[0, 0], dy.strides[0] // sizeof(floating), &dh_0[0, 0], dc_ptr, c_0_ptr,
-                        &weight_hh[0, 0], &packed[0], &dhw[0, 0, 0])
+                        &weight_hh[0, 0], packed, dhw)
 
     # gates now holds dxw, the gradient of x @ weight_ih.T, for every row; the
     # gradient of h @ weight_hh.T is the same, but for the GRU's n gate, whose
@@ -563,3 +632,4 @@ def backward(int cell,
             if cell == GRU:
                 add_column_sums(&dbias_hh[2 * H], saved_ptr, H, N, H, n_threads)
     blas_unpin()
+    call_ended()
