@@ -40,13 +40,14 @@ FLOP_NOTE = "FLOPs: 2*T*B*G*H*(I+H) for a forward (G = 1 RNN, 3 GRU, 4 LSTM), 3x
 # thread takes a core from whoever runs next.  So before each switch to another
 # contender, everything sleeps until those threads have given up.
 SETTLE_SECONDS = 0.25
+WARMUP_SECONDS = 0.02
 
 
 def time_rotating(calls: dict, rounds: int, sample_seconds: float) -> dict:
     """calls: name -> callable.  Returns name -> median seconds per call.
     Each round runs every call in turn (starting at a different one each
-    round): a pause for the previous contender's threads to go idle, one
-    warm-up call, then enough calls to fill sample_seconds."""
+    round): a pause for the previous contender's threads to go idle, warm-up
+    calls for WARMUP_SECONDS, then enough calls to fill sample_seconds."""
     inner = {}
     for name, fn in calls.items():  # calibrate
         time.sleep(SETTLE_SECONDS)
@@ -61,7 +62,10 @@ def time_rotating(calls: dict, rounds: int, sample_seconds: float) -> dict:
         for name in names[r % len(names):] + names[:r % len(names)]:
             fn, n = calls[name], inner[name]
             time.sleep(SETTLE_SECONDS)
+            warm_until = time.perf_counter() + WARMUP_SECONDS
             fn()
+            while time.perf_counter() < warm_until:   # until its threads spin again
+                fn()
             t0 = time.perf_counter()
             for _ in range(n):
                 fn()
