@@ -113,7 +113,6 @@ class BuildExt(build_ext):
 
 def extensions():
     from Cython.Build import cythonize
-    import scipy  # noqa: F401  (its cython_blas.pxd is cimported)
 
     here = os.path.dirname(os.path.abspath(__file__))
     ext = Extension(

@@ -123,9 +123,31 @@ static void fr_pack_rows_f32(float *Wp, const float *W, long ldw, long N, long K
             for (long r = 0; r < FR_NR_F32; r++) dst[k * FR_NR_F32 + r] = src[(size_t)r * ldw + k];
     }
 }
+/* dst (cols x rows, row stride ldd) = transpose of src (rows x cols, row stride lds) */
+static void fr_transpose_f32(float *dst, long ldd, const float *src, long lds, long rows, long cols)
+{
+    const long r8 = rows - rows % 8, c8 = cols - cols % 8;
+    for (long r = 0; r < r8; r += 8)
+        for (long c = 0; c < c8; c += 8)
+            fr_transpose8x8_ps(dst + c * ldd + r, ldd, src + r * lds + c, lds);
+    for (long r = 0; r < rows; r++)
+        for (long c = (r < r8 ? c8 : 0); c < cols; c++)
+            dst[c * ldd + r] = src[r * lds + c];
+}
 #else
 #define fr_pack_rows_f32 fr_pack_rows_f32_scalar
+static void fr_transpose_f32(float *dst, long ldd, const float *src, long lds, long rows, long cols)
+{
+    for (long r = 0; r < rows; r++)
+        for (long c = 0; c < cols; c++) dst[c * ldd + r] = src[r * lds + c];
+}
 #endif
+
+static void fr_transpose_f64(double *dst, long ldd, const double *src, long lds, long rows, long cols)
+{
+    for (long r = 0; r < rows; r++)
+        for (long c = 0; c < cols; c++) dst[c * ldd + r] = src[r * lds + c];
+}
 
 /* Write (or add) a kernel's R x NR block to C, only the first ncols columns. */
 #define FR_STORE_BLOCK(T, NR, tile, C, ldc, R, ncols, accumulate)                    \
@@ -246,13 +268,15 @@ FR_DEFINE_KERNEL(T, SFX, V, VU, NR, 1, 2)                                       
 FR_DEFINE_KERNEL(T, SFX, V, VU, NR, 1, 1)                                            \
                                                                                      \
 /* C (M x N, row stride ldc) = [C +] A (M x K, row stride lda) @ W^T [+ bias],     \
- * W packed; bias (N rounded up to whole panels) or NULL. */                         \
-static void fr_rgemm_##SFX(long M, long N, long K, const T *A, long lda,             \
-                           const T *Wp, T *C, long ldc, int accumulate,              \
-                           const T *bias)                                            \
+ * W packed; bias (N rounded up to whole panels) or NULL.  ldp is the K extent the   \
+ * panels were packed with (K itself, or more when Wp points at row k0 of panels    \
+ * packed for a longer K). */                                                        \
+static void fr_rgemm_ldp_##SFX(long M, long N, long K, const T *A, long lda,         \
+                               const T *Wp, long ldp, T *C, long ldc, int accumulate, \
+                               const T *bias)                                        \
 {                                                                                    \
     const long np = (N + NR - 1) / NR, full = M - M % 6, rest = M % 6;               \
-    const size_t pstride = (size_t)K * NR;                                           \
+    const size_t pstride = (size_t)ldp * NR;                                         \
     /* blocks of 6 rows; groups of 4 panels outer, so that a group's panels stay    \
      * in cache for all the blocks */                                                \
     for (long g = 0; g < np; g += 4) {                                               \
@@ -285,6 +309,12 @@ static void fr_rgemm_##SFX(long M, long N, long K, const T *A, long lda,        
         else if (left == 2) { fr_kernel_##SFX##_1x2(K, a, lda, wp, cp, ldc, accumulate, nc, b); p += 2; } \
         else { fr_kernel_##SFX##_1x1(K, a, lda, wp, cp, ldc, accumulate, nc, b); p += 1; } \
     }                                                                                \
+}                                                                                    \
+static inline void fr_rgemm_##SFX(long M, long N, long K, const T *A, long lda,      \
+                                  const T *Wp, T *C, long ldc, int accumulate,       \
+                                  const T *bias)                                     \
+{                                                                                    \
+    fr_rgemm_ldp_##SFX(M, N, K, A, lda, Wp, K, C, ldc, accumulate, bias);            \
 }
 
 #if FR_VECTOR_EXTENSIONS

@@ -1,8 +1,7 @@
 # Shared by the compiled modules: the fused precision type, the C helpers of
-# csrc/ and thin typed wrappers over them and over BLAS.  Everything here is
-# inline and nogil; nothing here allocates or raises.
+# csrc/ and thin typed wrappers over them.  Everything here is inline and
+# nogil; nothing here allocates or raises.
 from cython cimport floating
-from scipy.linalg.cython_blas cimport sgemm, dgemm
 
 
 cdef extern from "activations.h" nogil:
@@ -27,6 +26,12 @@ cdef extern from "rgemm.h" nogil:
                       const float *Wp, float *C, long ldc, int accumulate, const float *bias)
     void fr_rgemm_f64(long M, long N, long K, const double *A, long lda,
                       const double *Wp, double *C, long ldc, int accumulate, const double *bias)
+    void fr_rgemm_ldp_f32(long M, long N, long K, const float *A, long lda, const float *Wp, long ldp,
+                          float *C, long ldc, int accumulate, const float *bias)
+    void fr_rgemm_ldp_f64(long M, long N, long K, const double *A, long lda, const double *Wp, long ldp,
+                          double *C, long ldc, int accumulate, const double *bias)
+    void fr_transpose_f32(float *dst, long ldd, const float *src, long lds, long rows, long cols)
+    void fr_transpose_f64(double *dst, long ldd, const double *src, long lds, long rows, long cols)
 
 
 cdef extern from "omp_compat.h" nogil:
@@ -105,18 +110,21 @@ cdef inline void rgemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
         fr_rgemm_f64(m, n, k, a, lda, packed, c, ldc, accumulate, bias)
 
 
-cdef inline void gemm(bint trans_a, bint trans_b, int m, int n, int k,
-                      floating alpha, const floating *a, int lda,
-                      const floating *b, int ldb,
-                      floating beta, floating *c, int ldc) noexcept nogil:
-    """Row-major c (m x n) = alpha op(a) op(b) + beta c through BLAS.
-
-    BLAS is column-major: the row-major c is the column-major c.T, and
-    c.T = op(b).T op(a).T, so the operands swap places.
-    """
-    cdef char ta = b'T' if trans_b else b'N'
-    cdef char tb = b'T' if trans_a else b'N'
+cdef inline void rgemm_ldp(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                           const floating *a, Py_ssize_t lda, const floating *packed, Py_ssize_t ldp,
+                           floating *c, Py_ssize_t ldc, bint accumulate) noexcept nogil:
+    """rgemm over rows [k0, k0 + k) of panels packed for a K of ldp (packed
+    points at their row k0)."""
     if floating is float:
-        sgemm(&ta, &tb, &n, &m, &k, &alpha, <float *>b, &ldb, <float *>a, &lda, &beta, c, &ldc)
+        fr_rgemm_ldp_f32(m, n, k, a, lda, packed, ldp, c, ldc, accumulate, NULL)
     else:
-        dgemm(&ta, &tb, &n, &m, &k, &alpha, <double *>b, &ldb, <double *>a, &lda, &beta, c, &ldc)
+        fr_rgemm_ldp_f64(m, n, k, a, lda, packed, ldp, c, ldc, accumulate, NULL)
+
+
+cdef inline void transpose(floating *dst, Py_ssize_t ldd, const floating *src, Py_ssize_t lds,
+                           Py_ssize_t rows, Py_ssize_t cols) noexcept nogil:
+    """dst (cols x rows) = src (rows x cols).T"""
+    if floating is float:
+        fr_transpose_f32(dst, ldd, src, lds, rows, cols)
+    else:
+        fr_transpose_f64(dst, ldd, src, lds, rows, cols)

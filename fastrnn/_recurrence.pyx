@@ -8,28 +8,33 @@
 # and no compute.  A batch without `lengths` is the special case
 # batch_sizes = [B] * T, where the packed rows are the (T, B, .) array itself.
 #
-# Forward, per (layer, direction):
-#   1. gates = x @ weight_ih.T                       one GEMM over all N rows
-#   2. for each step s (the sequential part):
-#        hw = h @ weight_hh.T                        rgemm on the active rows
-#        pointwise step of each active row           _cells.pxd
+# Forward, per (layer, direction), for a chunk of steps at a time:
+#   1. xw = x @ weight_ih.T + biases            for all the chunk's rows at once
+#   2. for each step s of the chunk (the sequential part):
+#        hw = h @ weight_hh.T                   on the rows still running
+#        the cell's pointwise step, each row    _cells.pxd
 # Backward walks the steps in reverse (dh = dhw @ weight_hh per step), then
-# forms dx, dweight_ih, dweight_hh and the bias gradients as GEMMs over all
-# N rows.
+# forms dx, dweight_ih, dweight_hh and the bias gradients as products over
+# all N rows.
 #
-# Threads: the batch is cut into shards of consecutive rows, one per thread,
-# and each shard runs its whole time loop on its own: rows of a recurrence
-# never interact, so the threads never wait for each other.  The per-step
-# product is the packed kernel of csrc/rgemm.h, whose every output element is
-# computed the same way whatever the shard, and the big GEMMs are cut into
-# tiles whose sizes depend on the shapes only, each one single-threaded BLAS
-# call (BLAS is held to one thread during a call: its own thread pool and
-# OpenMP's would fight over the cores).  So results are bitwise identical for
-# any number of threads.
+# Every matrix product is the packed kernel of csrc/rgemm.h: weights packed
+# once per call into panels, a register-blocked kernel over them.  (BLAS was
+# the first design; measured here, the packed kernel matched or beat
+# single-threaded OpenBLAS at every shape of these loops, and needs none of the
+# thread juggling that calling a pthread BLAS from OpenMP threads does.)
+#
+# Threads: a team shares the hidden units, whole panels each, and every
+# thread computes its units' gates for every row (so each product keeps all
+# the batch's rows, and each thread reads only its share of the weights); a
+# spin barrier (csrc/barrier.h) ends each step.  The products over all rows
+# of the backward are cut into tiles of output rows.  Every output element of
+# a product is computed by the same sequence of operations whichever thread,
+# tile or kernel shape it falls in, so results are bitwise identical for any
+# number of threads.
 #
 # The Python wrappers validate nothing: fastrnn.layers does that, and
-# allocates every output.  They allocate only scratch, before the GIL is
-# released; nothing below them raises or allocates.
+# allocates every output.  They take scratch before the GIL is released;
+# nothing below them raises or allocates.
 import threading
 
 import numpy as np
@@ -37,7 +42,7 @@ from cython.parallel cimport parallel, prange
 from libc.string cimport memcpy
 
 from fastrnn._common cimport (
-    floating, sigmoid, tanh, relu, gemm, rgemm, pack_rows, pack_cols, panel_width, fr_packed_len,
+    floating, sigmoid, tanh, relu, rgemm, rgemm_ldp, transpose, pack_rows, pack_cols, panel_width, fr_packed_len,
     FR_HAVE_OPENMP, fr_omp_get_max_threads, fr_omp_get_thread_num, fr_omp_get_num_threads,
     fr_omp_barrier, fr_omp_get_wtime, fr_barrier, fr_barrier_init, fr_barrier_wait)
 from fastrnn._cells cimport (
@@ -91,59 +96,6 @@ def activation(str name, floating[::1] x, floating[::1] out):
             out[i] = sigmoid(x[i]) if which == 0 else (tanh(x[i]) if which == 1 else relu(x[i]))
 
 
-# --- BLAS thread control ----------------------------------------------------
-# The get/set thread-count functions of the BLAS libraries that
-# scipy.linalg.cython_blas calls, found once by fastrnn._threads.  Calls nest
-# and may come from several Python threads: the first pins, the last restores.
-
-ctypedef int (*get_threads_t)() noexcept nogil
-ctypedef void (*set_threads_t)(int) noexcept nogil
-
-cdef enum:
-    MAX_BLAS = 8
-cdef int _n_blas = -1            # -1: not looked up yet
-cdef get_threads_t _blas_get[MAX_BLAS]
-cdef set_threads_t _blas_set[MAX_BLAS]
-cdef int _blas_saved[MAX_BLAS]
-cdef int _blas_depth = 0
-
-
-def register_blas(functions):
-    """functions: [(address of get_num_threads, address of set_num_threads)]."""
-    global _n_blas
-    cdef size_t get_addr, set_addr
-    _n_blas = 0
-    for get_addr, set_addr in functions[:MAX_BLAS]:
-        _blas_get[_n_blas] = <get_threads_t>get_addr
-        _blas_set[_n_blas] = <set_threads_t>set_addr
-        _n_blas += 1
-
-
-cdef void blas_pin() except *:
-    # called with the GIL held, which serialises the counter
-    global _blas_depth
-    cdef int i
-    if _n_blas < 0:
-        from fastrnn._threads import register_blas_libraries
-        register_blas_libraries()
-    if _blas_depth == 0:
-        for i in range(_n_blas):
-            _blas_saved[i] = _blas_get[i]()
-            if _blas_saved[i] != 1:
-                _blas_set[i](1)
-    _blas_depth += 1
-
-
-cdef void blas_unpin() noexcept:
-    global _blas_depth
-    cdef int i
-    _blas_depth -= 1
-    if _blas_depth == 0:
-        for i in range(_n_blas):
-            if _blas_saved[i] != 1:
-                _blas_set[i](_blas_saved[i])
-
-
 # --- geometry of a packed batch ---------------------------------------------
 
 cdef struct Steps:
@@ -186,34 +138,6 @@ cdef Steps make_steps(const Py_ssize_t[::1] batch_sizes, const Py_ssize_t[::1] o
     steps.lengths = &lengths[0]
     steps.reverse = reverse
     return steps
-
-
-cdef inline Py_ssize_t gemm_tile(Py_ssize_t rows) noexcept nogil:
-    """Rows per tile of a big GEMM: a function of the shape alone (never of
-    the thread count), at most 4 tiles of at least 256 rows (each tile packs
-    the shared operand again: 8 tiles of 64 rows spent 15% of an LSTM
-    backward in OpenBLAS's packing)."""
-    cdef Py_ssize_t t = (rows + 3) // 4
-    t = (t + 7) // 8 * 8
-    return t if t > 256 else 256
-
-
-cdef void gemm_tiled(bint trans_a, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
-                     const floating *a, Py_ssize_t lda,
-                     const floating *b, Py_ssize_t ldb, bint trans_b,
-                     floating beta, floating *c, Py_ssize_t ldc,
-                     int n_threads) noexcept nogil:
-    """c (m x n) = op(a) @ op(b) + beta c, in row tiles of c, one BLAS call each."""
-    cdef Py_ssize_t tile = gemm_tile(m), n_tiles = (m + tile - 1) // tile, i, r0, rows
-    cdef int threads = n_threads if n_threads < n_tiles else <int>n_tiles
-    if 2.0 * m * n * k < MIN_PARALLEL_FLOPS:
-        threads = 1
-    for i in prange(n_tiles, num_threads=threads, schedule='dynamic'):
-        r0 = i * tile
-        rows = min(tile, m - r0)
-        gemm(trans_a, trans_b, <int>rows, <int>n, <int>k, 1,
-             a + (r0 if trans_a else r0 * lda), <int>lda, b, <int>ldb,
-             beta, c + r0 * ldc, <int>ldc)
 
 
 cdef void add_column_sums(floating *out, const floating *a, Py_ssize_t lda,
@@ -509,6 +433,68 @@ def forward(int cell,
     call_ended()
 
 
+# --- products over all rows, for the gradients ----------------------------------
+
+# dweight = dG.T @ X: output rows in tiles of GRAD_TILE (a multiple of the
+# kernel's 6 rows), each a sum over blocks of GRAD_KC rows of dG, transposed
+# into scratch.  Tiles and blocks depend on the shapes only.
+cdef Py_ssize_t GRAD_TILE = 48
+cdef Py_ssize_t GRAD_KC = 256
+cdef Py_ssize_t DX_TILE = 96
+
+
+cdef void weight_grad_tile(floating *dw, Py_ssize_t ldw, Py_ssize_t m0, Py_ssize_t m1,
+                           const floating *g, Py_ssize_t ldg, const floating *packed,
+                           Py_ssize_t n_out, Py_ssize_t K, floating *gt) noexcept nogil:
+    """dw[m0:m1] += g[:, m0:m1].T @ b, b (K, n_out) packed by columns; gt
+    scratch (m1 - m0, GRAD_KC)."""
+    cdef Py_ssize_t nr = panel_width(<floating>0), k0 = 0, kc
+    while k0 < K:
+        kc = min(GRAD_KC, K - k0)
+        transpose(gt, kc, g + k0 * ldg + m0, ldg, kc, m1 - m0)
+        rgemm_ldp(m1 - m0, n_out, kc, gt, kc, packed + k0 * nr, K, dw + m0 * ldw, ldw, True)
+        k0 += kc
+
+
+cdef void weight_grad(floating *dw, Py_ssize_t ldw, Py_ssize_t m_out,
+                      const floating *g, Py_ssize_t ldg,
+                      const floating *packed, Py_ssize_t n_out, Py_ssize_t K,
+                      floating *scratch, int n_threads) noexcept nogil:
+    """dw (m_out, n_out) += g.T @ b: g (K, m_out) with row stride ldg, b
+    (K, n_out) packed by columns; scratch (n_threads, GRAD_TILE * GRAD_KC)."""
+    cdef Py_ssize_t n_tiles = (m_out + GRAD_TILE - 1) // GRAD_TILE, i
+    cdef int threads = n_threads if n_threads < n_tiles else <int>n_tiles
+    if 2.0 * m_out * n_out * K < MIN_PARALLEL_FLOPS:
+        threads = 1
+    for i in prange(n_tiles, num_threads=threads, schedule='dynamic'):
+        weight_grad_tile(dw, ldw, i * GRAD_TILE, min(m_out, i * GRAD_TILE + GRAD_TILE), g, ldg, packed,
+                         n_out, K, scratch + fr_omp_get_thread_num() * GRAD_TILE * GRAD_KC)
+
+
+cdef void rows_product(floating *c, Py_ssize_t ldc, const floating *a, Py_ssize_t lda,
+                       const floating *packed, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                       bint accumulate, int n_threads) noexcept nogil:
+    """c (m, n) [+]= a (m, k) @ w.T, w packed; rows in tiles over the threads."""
+    cdef Py_ssize_t n_tiles = (m + DX_TILE - 1) // DX_TILE, i
+    cdef int threads = n_threads if n_threads < n_tiles else <int>n_tiles
+    if 2.0 * m * n * k < MIN_PARALLEL_FLOPS:
+        threads = 1
+    for i in prange(n_tiles, num_threads=threads, schedule='dynamic'):
+        rgemm(min(DX_TILE, m - i * DX_TILE), n, k, a + i * DX_TILE * lda, lda, packed,
+              c + i * DX_TILE * ldc, ldc, accumulate)
+
+
+cdef void pack_columns(floating *packed, const floating *s, Py_ssize_t lds, Py_ssize_t n,
+                       Py_ssize_t k, int n_threads) noexcept nogil:
+    """packed = s (k, n) packed by columns (for products a @ s), panels over the threads."""
+    cdef Py_ssize_t nr = panel_width(<floating>0), n_panels = (n + nr - 1) // nr, i
+    cdef int threads = n_threads if n_threads < n_panels else <int>n_panels
+    if n * k < MIN_PARALLEL_FLOPS / 8:
+        threads = 1
+    for i in prange(n_panels, num_threads=threads, schedule='static'):
+        pack_cols(packed, s, lds, n, k, i, i + 1)
+
+
 # --- backward -----------------------------------------------------------------
 
 cdef void backward_thread(
@@ -592,6 +578,8 @@ def backward(int cell,
     cdef Steps steps = make_steps(batch_sizes, offsets, lengths, reverse)
     cdef int nt = team_size(2.0 * N * GH * H, 2.0 * B * GH * H, n_threads, H, nr), tid, team
     cdef Py_ssize_t f = sizeof(floating)
+    if n_threads < 1:
+        n_threads = 1
     cdef Scratch scratch = Scratch(padded(fr_packed_len(H, GH, nr) * f) + padded(2 * B * GH * f))
     cdef floating *packed = <floating *>scratch.take(fr_packed_len(H, GH, nr) * f)
     cdef floating *dhw = <floating *>scratch.take(2 * B * GH * f)
@@ -616,22 +604,28 @@ def backward(int cell,
 
     # gates now holds dxw, the gradient of x @ weight_ih.T, for every row; the
     # gradient of h @ weight_hh.T is the same, but for the GRU's n gate, whose
-    # part (dhn) is in saved.  The products over all rows go to BLAS.
-    blas_pin()
+    # part (dhn) is in saved.  Then the products over all rows.
+    cdef Py_ssize_t pi = fr_packed_len(I, GH, nr), px = fr_packed_len(I, N, nr), ph = fr_packed_len(H, N, nr)
+    cdef Scratch products = Scratch(padded(pi * f) + padded(px * f) + padded(ph * f)
+                                    + padded(n_threads * GRAD_TILE * GRAD_KC * f))
+    cdef floating *packed_w_ih = <floating *>products.take(pi * f)
+    cdef floating *packed_x = <floating *>products.take(px * f)
+    cdef floating *packed_h = <floating *>products.take(ph * f)
+    cdef floating *gt = <floating *>products.take(n_threads * GRAD_TILE * GRAD_KC * f)
     with nogil:
-        gemm_tiled(False, N, I, GH, &gates[0, 0], GH, &weight_ih[0, 0], I, False,
-                   1 if accumulate_dx else 0, &dx[0, 0], I, n_threads)
-        gemm_tiled(True, GH, I, N, &gates[0, 0], GH, &x[0, 0], I, False,
-                   1, &dweight_ih[0, 0], I, n_threads)
-        gemm_tiled(True, GH_direct, H, N, &gates[0, 0], GH, &h_prev[0, 0], H, False,
-                   1, &dweight_hh[0, 0], H, n_threads)
+        # dx = dxw @ weight_ih
+        pack_columns(packed_w_ih, &weight_ih[0, 0], I, I, GH, n_threads)
+        rows_product(&dx[0, 0], I, &gates[0, 0], GH, packed_w_ih, N, I, GH, accumulate_dx, n_threads)
+        # dweight_ih += dxw.T @ x ; dweight_hh += dhw.T @ h_prev
+        pack_columns(packed_x, &x[0, 0], I, I, N, n_threads)
+        pack_columns(packed_h, &h_prev[0, 0], H, H, N, n_threads)
+        weight_grad(&dweight_ih[0, 0], I, GH, &gates[0, 0], GH, packed_x, I, N, gt, n_threads)
+        weight_grad(&dweight_hh[0, 0], H, GH_direct, &gates[0, 0], GH, packed_h, H, N, gt, n_threads)
         if cell == GRU:
-            gemm_tiled(True, H, H, N, saved_ptr, H, &h_prev[0, 0], H, False,
-                       1, &dweight_hh[2 * H, 0], H, n_threads)
+            weight_grad(&dweight_hh[2 * H, 0], H, H, saved_ptr, H, packed_h, H, N, gt, n_threads)
         if has_bias:
             add_column_sums(&dbias_ih[0], &gates[0, 0], GH, N, GH, n_threads)
             add_column_sums(&dbias_hh[0], &gates[0, 0], GH, N, GH_direct, n_threads)
             if cell == GRU:
                 add_column_sums(&dbias_hh[2 * H], saved_ptr, H, N, H, n_threads)
-    blas_unpin()
     call_ended()

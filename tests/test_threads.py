@@ -57,19 +57,3 @@ def test_set_num_threads_checks(restore_threads):
     with pytest.raises(TypeError, match="n must be an int"):
         fastrnn.set_num_threads(2.5)
     assert fastrnn.get_num_threads() == 3
-
-
-def test_blas_threads_restored_after_calls():
-    """The kernels hold scipy's BLAS to one thread during a call, and give it back."""
-    from threadpoolctl import threadpool_info
-
-    from fastrnn import _threads
-
-    layer = fastrnn.LSTM(8, 8)
-    layer(np.zeros((3, 2, 8)))
-    assert _threads._blas_found, "scipy's BLAS was not found"
-    paths = {info["filepath"] for info in _threads._blas_found}
-    before = {i["filepath"]: i["num_threads"] for i in threadpool_info() if i["filepath"] in paths}
-    layer(np.zeros((3, 2, 8)))
-    after = {i["filepath"]: i["num_threads"] for i in threadpool_info() if i["filepath"] in paths}
-    assert before == after
