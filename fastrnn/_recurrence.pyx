@@ -128,6 +128,15 @@ def _layout(const Py_ssize_t[::1] batch_sizes, Py_ssize_t batch):
     return offsets, lengths
 
 
+cdef bint rows_within(const Py_ssize_t[::1] rows, Py_ssize_t n) noexcept:
+    """Whether every entry of rows is a valid row index below n."""
+    cdef Py_ssize_t i
+    for i in range(rows.shape[0]):
+        if rows[i] < 0 or rows[i] >= n:
+            return False
+    return True
+
+
 cdef Steps make_steps(const Py_ssize_t[::1] batch_sizes, const Py_ssize_t[::1] offsets,
                       const Py_ssize_t[::1] lengths, bint reverse):
     """The geometry struct the loops read (pointing into the arrays given)."""
@@ -261,7 +270,8 @@ cdef Py_ssize_t CHUNK_ROWS = 256
 cdef void forward_thread(
         int cell, const Steps *steps, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H, Py_ssize_t G,
         int tid, int nt, fr_barrier *barrier,
-        floating *y, Py_ssize_t ldy,       # (N, ldy) OUT h of every row and step
+        floating *y, Py_ssize_t ldy,       # (., ldy) OUT h of every row and step
+        const Py_ssize_t *y_rows,          # (N) IN row of y for each packed row; NULL: the same
         floating *h_n,                     # (B, H) OUT final states
         floating *c,                       # (B, H) INOUT LSTM cell state: c_0 in, c_n out
         floating *gates,                   # (N, G*H) OUT activated gates; NULL when not training
@@ -290,6 +300,7 @@ cdef void forward_thread(
     cdef size_t row_bytes = n * sizeof(floating)
     cdef floating *hp
     cdef floating *hn
+    cdef floating *yrow
     cdef floating *xrow
     cdef floating *hrow
     cdef const floating *a
@@ -340,17 +351,16 @@ cdef void forward_thread(
                 rgemm(rows, G * gw, H, hp, H, packed_hh + col * H, hw + col, W, False)
                 for j in range(rows):
                     r = row_at(steps, s, j)
+                    yrow = y + (y_rows[r] if y_rows != NULL else r) * ldy + u0
                     xrow = xw + (steps.offsets[s] - base + j) * W + col
                     hrow = hw + j * W + col
                     if cell == LSTM:
-                        lstm_forward_step(n, gw, xrow, hrow, c + j * H + u0, hn + j * H + u0,
-                                          y + r * ldy + u0)
+                        lstm_forward_step(n, gw, xrow, hrow, c + j * H + u0, hn + j * H + u0, yrow)
                     elif cell == GRU:
                         gru_forward_step(n, gw, xrow, hrow, bias + W + col, hp + j * H + u0,
-                                         hn + j * H + u0, y + r * ldy + u0)
+                                         hn + j * H + u0, yrow)
                     else:
-                        rnn_forward_step(n, cell == RNN_RELU, xrow, hrow, hn + j * H + u0,
-                                         y + r * ldy + u0)
+                        rnn_forward_step(n, cell == RNN_RELU, xrow, hrow, hn + j * H + u0, yrow)
                     if gates != NULL:   # training: keep what backward needs
                         for g in range(G):
                             memcpy(gates + r * GH + g * H + u0, xrow + g * gw, row_bytes)
@@ -370,7 +380,8 @@ cdef void forward_thread(
 
 
 def forward(int cell,
-            floating[:, :] y,                   # (N, H) OUT; rows may be strided, elements not
+            floating[:, :] y,                   # (N, H) OUT; rows may be strided, elements not;
+                                                # with y_rows, (rows, H) written at y_rows
             floating[:, ::1] h_n,               # (B, H) OUT final state (packed order)
             floating[:, ::1] c_n,               # (B, H) OUT LSTM final cell state, else (0, H)
             floating[:, ::1] gates,             # (N, G*H) OUT when training, else (0, G*H)
@@ -384,9 +395,11 @@ def forward(int cell,
             const floating[:, ::1] h_0,         # (B, H) IN
             const floating[:, ::1] c_0,         # (B, H) IN LSTM, else (0, H)
             const Py_ssize_t[::1] batch_sizes,  # (S,) IN non-increasing, batch_sizes[0] = B
-            bint reverse, int n_threads):
+            bint reverse, int n_threads,
+            const Py_ssize_t[::1] y_rows=None):  # (N,) IN row of y for each packed row
     """One layer, one direction.  Training (what backward needs is kept in
-    gates, saved and h_prev) when h_prev has rows."""
+    gates, saved and h_prev) when h_prev has rows.  With y_rows, the outputs
+    go to those rows of y (a padded batch, say) instead of rows 0..N-1."""
     cdef Py_ssize_t B = h_n.shape[0], H = h_n.shape[1], N = x.shape[0], I = x.shape[1]
     cdef Py_ssize_t G = weight_hh.shape[0] // H
     cdef Py_ssize_t nr = panel_width(<floating>0), W = G * ((H + nr - 1) // nr) * nr
@@ -394,6 +407,9 @@ def forward(int cell,
     dtype = np.float32 if floating is float else np.float64
     if y.strides[1] != sizeof(floating):
         raise ValueError("forward: the rows of y must be contiguous")
+    if y_rows is not None and (y_rows.shape[0] != N or not rows_within(y_rows, y.shape[0])):
+        raise ValueError("forward: y_rows must map every packed row to a row of y")
+    cdef const Py_ssize_t *y_rows_ptr = &y_rows[0] if y_rows is not None and N else NULL
     offsets, lengths = _layout(batch_sizes, B)
     cdef Steps steps = make_steps(batch_sizes, offsets, lengths, reverse)
     cdef int nt = team_size(2.0 * N * G * H * (I + H), 2.0 * B * G * H * (I + H), n_threads, H, nr), tid, team
@@ -426,7 +442,7 @@ def forward(int cell,
             fr_barrier_init(&barrier, team)
         fr_omp_barrier()
         forward_thread(cell, &steps, B, I, H, G, tid, team, &barrier,
-                       &y[0, 0], y.strides[0] // sizeof(floating), &h_n[0, 0], c_ptr,
+                       &y[0, 0], y.strides[0] // sizeof(floating), y_rows_ptr, &h_n[0, 0], c_ptr,
                        gates_ptr, saved_ptr, h_prev_ptr, &x[0, 0], &weight_ih[0, 0], &weight_hh[0, 0],
                        &bias_ih[0], &bias_hh[0], &h_0[0, 0], hbuf, packed_ih, packed_hh,
                        bias, xw, chunk, hw, xg + tid * padded(xg_size * f) // f)
@@ -503,7 +519,8 @@ cdef void backward_thread(
         floating *gates,                   # (N, G*H) INOUT forward's gates in, dxw out
         floating *saved,                   # (N, H) INOUT RNN h', LSTM c' (in); GRU hn in, dhn out
         const floating *h_prev,            # (N, H) IN
-        const floating *dy, Py_ssize_t lddy,   # (N, lddy) IN gradient of the outputs
+        const floating *dy, Py_ssize_t lddy,   # (., lddy) IN gradient of the outputs
+        const Py_ssize_t *dy_rows,             # (N) IN row of dy for each packed row; NULL: the same
         floating *dh,                      # (B, H) INOUT gradient of the state: dh_n in, dh_0 out
         floating *dc,                      # (B, H) INOUT LSTM: dc_n in, dc_0 out
         const floating *c_0,               # (B, H) IN LSTM initial cell state
@@ -517,6 +534,7 @@ cdef void backward_thread(
     cdef Py_ssize_t u0 = sp.u0, n = sp.u1 - sp.u0
     cdef Py_ssize_t s, j, r
     cdef const floating *c_prev
+    cdef const floating *dyrow
     cdef floating *d
     cdef int sense = 0
     cdef bint busy = n > 0
@@ -530,16 +548,17 @@ cdef void backward_thread(
             d = dhw + (s & 1) * B * GH
             for j in range(steps.batch_sizes[s]):
                 r = row_at(steps, s, j)
+                dyrow = dy + (dy_rows[r] if dy_rows != NULL else r) * lddy + u0
                 if cell == LSTM:
                     c_prev = c_0 + j * H + u0 if s == 0 else saved + row_at(steps, s - 1, j) * H + u0
                     lstm_backward_step(n, H, gates + r * GH + u0, d + j * GH + u0, saved + r * H + u0, c_prev,
-                                       dh + j * H + u0, dc + j * H + u0, dy + r * lddy + u0)
+                                       dh + j * H + u0, dc + j * H + u0, dyrow)
                 elif cell == GRU:
                     gru_backward_step(n, H, gates + r * GH + u0, d + j * GH + u0, saved + r * H + u0,
-                                      h_prev + r * H + u0, dh + j * H + u0, dy + r * lddy + u0)
+                                      h_prev + r * H + u0, dh + j * H + u0, dyrow)
                 else:
                     rnn_backward_step(n, cell == RNN_RELU, gates + r * GH + u0, d + j * GH + u0,
-                                      saved + r * H + u0, dh + j * H + u0, dy + r * lddy + u0)
+                                      saved + r * H + u0, dh + j * H + u0, dyrow)
         fr_barrier_wait(barrier, &sense)    # every thread's share of dhw is in place
     if busy:   # the gradient of the initial state (the GRU adds to its direct part)
         rgemm(steps.batch_sizes[0], n, GH, dhw, GH, packed + sp.p0 * nr * GH, dh + u0, H, cell == GRU)
@@ -556,7 +575,8 @@ def backward(int cell,
              floating[:, ::1] gates,             # (N, G*H) INOUT forward's workspace, consumed
              floating[:, ::1] saved,             # (N, H) INOUT forward's, consumed
              const floating[:, ::1] h_prev,      # (N, H) IN forward's
-             const floating[:, :] dy,            # (N, H) IN; rows may be strided, elements not
+             const floating[:, :] dy,            # (N, H) IN; rows may be strided, elements not;
+                                                 # with dy_rows, read at dy_rows
              const floating[:, ::1] dh_n,        # (B, H) IN
              const floating[:, ::1] dc_n,        # (B, H) IN LSTM, else (0, H)
              const floating[:, ::1] x,           # (N, I) IN forward's input
@@ -564,7 +584,8 @@ def backward(int cell,
              const floating[:, ::1] weight_hh,   # (G*H, H) IN
              const floating[:, ::1] c_0,         # (B, H) IN LSTM, else (0, H)
              const Py_ssize_t[::1] batch_sizes,  # (S,) IN
-             bint reverse, bint accumulate_dx, int n_threads):
+             bint reverse, bint accumulate_dx, int n_threads,
+             const Py_ssize_t[::1] dy_rows=None):   # (N,) IN row of dy for each packed row
     """Backpropagation through time of one forward call (same arguments)."""
     cdef Py_ssize_t B = dh_0.shape[0], H = dh_0.shape[1], N = x.shape[0], I = x.shape[1]
     cdef Py_ssize_t GH = gates.shape[1], G = GH // H
@@ -574,6 +595,9 @@ def backward(int cell,
     dtype = np.float32 if floating is float else np.float64
     if dy.strides[1] != sizeof(floating):
         raise ValueError("backward: the rows of dy must be contiguous")
+    if dy_rows is not None and (dy_rows.shape[0] != N or not rows_within(dy_rows, dy.shape[0])):
+        raise ValueError("backward: dy_rows must map every packed row to a row of dy")
+    cdef const Py_ssize_t *dy_rows_ptr = &dy_rows[0] if dy_rows is not None and N else NULL
     offsets, lengths = _layout(batch_sizes, B)
     cdef Steps steps = make_steps(batch_sizes, offsets, lengths, reverse)
     cdef int nt = team_size(2.0 * N * GH * H, 2.0 * B * GH * H, n_threads, H, nr), tid, team
@@ -599,7 +623,7 @@ def backward(int cell,
             fr_barrier_init(&barrier, team)
         fr_omp_barrier()
         backward_thread(cell, &steps, B, H, G, tid, team, &barrier, &gates[0, 0], saved_ptr, &h_prev[0, 0],
-                        &dy[0, 0], dy.strides[0] // sizeof(floating), &dh_0[0, 0], dc_ptr, c_0_ptr,
+                        &dy[0, 0], dy.strides[0] // sizeof(floating), dy_rows_ptr, &dh_0[0, 0], dc_ptr, c_0_ptr,
                         &weight_hh[0, 0], packed, dhw)
 
     # gates now holds dxw, the gradient of x @ weight_ih.T, for every row; the

@@ -35,6 +35,8 @@ class Packing:
             self.order = None            # no reordering, every step full
             self.batch_sizes = np.full(T, B, dtype=np.intp)
             self.N = T * B
+            self._rows_tb = None         # packed row r is row r of (T*B, .)
+            self._rows_bt = None         # computed when first needed
             return
         order = np.argsort(-lengths, kind="stable")
         steps = int(lengths[order[0]])
@@ -42,23 +44,49 @@ class Packing:
         self.batch_sizes = (B - np.cumsum(np.bincount(lengths, minlength=T + 1)))[:steps].astype(np.intp)
         self.N = int(self.batch_sizes.sum())
         offsets = np.cumsum(self.batch_sizes) - self.batch_sizes
+        time_index = np.repeat(np.arange(steps, dtype=np.intp), self.batch_sizes)
+        batch_index = order[np.arange(self.N) - np.repeat(offsets, self.batch_sizes)]
         self.order = order
-        self.time_index = np.repeat(np.arange(steps), self.batch_sizes)
-        self.batch_index = order[np.arange(self.N) - np.repeat(offsets, self.batch_sizes)]
+        self._rows_tb = time_index * B + batch_index     # into a time-major (T*B, .) array
+        self._rows_bt = batch_index * T + time_index     # into a batch-major (B*T, .) array
+
+    def rows_of(self, a: np.ndarray):
+        """(a2d, rows): a 2-D view of the (T, B, F) array a (no copy) and the
+        row of it holding each packed row (None: the packed rows are a2d's
+        rows themselves); (None, None) when a has no such view."""
+        T, B, F = a.shape
+        if a.flags.c_contiguous:
+            return a.reshape(T * B, F), self._rows_tb
+        batch_major = a.transpose(1, 0, 2)
+        if batch_major.flags.c_contiguous:   # batch_first input, seen as (T, B, F)
+            if self._rows_bt is None:
+                r = np.arange(T * B, dtype=np.intp)
+                self._rows_bt = (r % B) * T + r // B
+            return batch_major.reshape(B * T, F), self._rows_bt
+        return None, None
 
     def pack(self, a: np.ndarray) -> np.ndarray:
         """(T, B, F) with any strides -> (N, F) contiguous."""
+        a2d, rows = self.rows_of(a)
+        if a2d is None:
+            a = np.ascontiguousarray(a)
+            a2d, rows = a.reshape(self.T * self.B, a.shape[2]), self._rows_tb
+        return a2d if rows is None else np.take(a2d, rows, axis=0)
+
+    def padded_output(self, width: int, dtype) -> tuple[np.ndarray, np.ndarray | None]:
+        """A (T*B, width) array for a layer's output written in place by the
+        kernel, and the rows it writes (None: all, in order)."""
         if self.order is None:
-            return np.ascontiguousarray(a).reshape(self.N, a.shape[2])
-        return a[self.time_index, self.batch_index]
+            return np.empty((self.N, width), dtype=dtype), None
+        return np.zeros((self.T * self.B, width), dtype=dtype), self._rows_tb
 
     def unpack(self, packed: np.ndarray) -> np.ndarray:
         """(N, F) -> (T, B, F), zeros past each sequence's end."""
         if self.order is None:
             return packed.reshape(self.T, self.B, packed.shape[1])
-        out = np.zeros((self.T, self.B, packed.shape[1]), dtype=packed.dtype)
-        out[self.time_index, self.batch_index] = packed
-        return out
+        out = np.zeros((self.T * self.B, packed.shape[1]), dtype=packed.dtype)
+        out[self._rows_tb] = packed
+        return out.reshape(self.T, self.B, packed.shape[1])
 
     def to_packed(self, state: np.ndarray) -> np.ndarray:
         """(S, B, H) in batch order -> (S, B, H) contiguous in packed order."""
@@ -251,7 +279,11 @@ class _RNNBase(Module):
         no_gates = np.empty((0, G * H), dtype=dtype)
         layers = []
         for layer in range(self.num_layers):
-            y = np.empty((N, D * H), dtype=dtype)
+            last = layer == self.num_layers - 1
+            if last:   # straight into the padded output
+                y, y_rows = packing.padded_output(D * H, dtype)
+            else:
+                y, y_rows = np.empty((N, D * H), dtype=dtype), None
             directions = []
             for d in range(D):
                 i = layer * D + d
@@ -266,7 +298,7 @@ class _RNNBase(Module):
                 _recurrence.forward(
                     self._cell, y[:, d * H:(d + 1) * H], h_n[i], c_n[i] if is_lstm else no_rows,
                     gates, saved, h_prev, inp, w_ih, w_hh, b_ih, b_hh,
-                    h_0[i], c_0[i] if is_lstm else no_rows, packing.batch_sizes, d == 1, threads)
+                    h_0[i], c_0[i] if is_lstm else no_rows, packing.batch_sizes, d == 1, threads, y_rows)
             mask = None
             if training and self.dropout > 0 and layer < self.num_layers - 1:
                 mask = self._dropout_mask(y.shape)
@@ -274,7 +306,7 @@ class _RNNBase(Module):
                 layers.append((inp, directions, mask))
             inp = y if mask is None else y * mask
 
-        out = packing.unpack(inp)
+        out = inp.reshape(T, B, D * H)
         if batched and self.batch_first:
             out = out.transpose(1, 0, 2)
         h_n = packing.from_packed(h_n)
@@ -299,6 +331,7 @@ class _RNNBase(Module):
         packing, batched, is_lstm = tape.packing, tape.batched, self.mode == "LSTM"
         L, D, H, B, T = self.num_layers, self.num_directions, self.hidden_size, packing.B, packing.T
         dtype = self.dtype
+        dy_rows = None
         if dy is None:
             dy = np.zeros((packing.N, D * H), dtype=dtype)
         else:
@@ -308,7 +341,8 @@ class _RNNBase(Module):
                 dy = dy[:, None, :]
             elif self.batch_first:
                 dy = dy.transpose(1, 0, 2)
-            dy = packing.pack(dy)
+            dy2d, dy_rows = packing.rows_of(dy)   # read in place when its layout allows
+            dy = packing.pack(dy) if dy2d is None else dy2d
         states = [("dh_n", dh_n)] + ([("dc_n", dc_n)] if is_lstm else [])
         grads_in = [packing.to_packed(self._check_state(name, value, B, batched)) for name, value in states]
         dh_n = grads_in[0]
@@ -332,7 +366,8 @@ class _RNNBase(Module):
                     dw_ih, dw_hh, db_ih, db_hh, gates, saved, h_prev,
                     d_out[:, d * H:(d + 1) * H], dh_n[i], dc_n[i] if is_lstm else no_rows,
                     inp, w_ih, w_hh, tape.c_0[i] if is_lstm else no_rows,
-                    packing.batch_sizes, d == 1, d == 1, threads)
+                    packing.batch_sizes, d == 1, d == 1, threads,
+                    dy_rows if layer == L - 1 else None)
             if layer > 0 and tape.layers[layer - 1][2] is not None:
                 dx *= tape.layers[layer - 1][2]
             d_out = dx
