@@ -110,17 +110,6 @@ cdef inline void rgemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
         fr_rgemm_f64(m, n, k, a, lda, packed, c, ldc, accumulate, bias)
 
 
-cdef inline void rgemm_ldp(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
-                           const floating *a, Py_ssize_t lda, const floating *packed, Py_ssize_t ldp,
-                           floating *c, Py_ssize_t ldc, bint accumulate) noexcept nogil:
-    """rgemm over rows [k0, k0 + k) of panels packed for a K of ldp (packed
-    points at their row k0)."""
-    if floating is float:
-        fr_rgemm_ldp_f32(m, n, k, a, lda, packed, ldp, c, ldc, accumulate, NULL)
-    else:
-        fr_rgemm_ldp_f64(m, n, k, a, lda, packed, ldp, c, ldc, accumulate, NULL)
-
-
 cdef inline void transpose(floating *dst, Py_ssize_t ldd, const floating *src, Py_ssize_t lds,
                            Py_ssize_t rows, Py_ssize_t cols) noexcept nogil:
     """dst (cols x rows) = src (rows x cols).T"""

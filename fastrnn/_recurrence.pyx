@@ -42,7 +42,7 @@ from cython.parallel cimport parallel, prange
 from libc.string cimport memcpy
 
 from fastrnn._common cimport (
-    floating, sigmoid, tanh, relu, rgemm, rgemm_ldp, transpose, pack_rows, pack_cols, panel_width, fr_packed_len,
+    floating, sigmoid, tanh, relu, rgemm, transpose, pack_rows, pack_cols, panel_width, fr_packed_len,
     FR_HAVE_OPENMP, fr_omp_get_max_threads, fr_omp_get_thread_num, fr_omp_get_num_threads,
     fr_omp_barrier, fr_omp_get_wtime, fr_barrier, fr_barrier_init, fr_barrier_wait)
 from fastrnn._cells cimport (
@@ -183,7 +183,10 @@ _local = threading.local()
 
 
 cdef class Scratch:
-    """Carves 64-byte aligned pieces out of the calling thread's buffer."""
+    """Carves 64-byte aligned pieces out of the calling thread's buffer.  A
+    later Scratch of the same thread reuses the same memory: take one only
+    once the previous one's pieces are no longer used."""
+    cdef object buffer     # keeps the memory alive even if a later Scratch replaces it
     cdef char *base
     cdef Py_ssize_t used, size
 
@@ -192,6 +195,7 @@ cdef class Scratch:
         if buffer is None or buffer.nbytes < nbytes + 64:
             buffer = np.empty(nbytes + 64, dtype=np.uint8)
             _local.buffer = buffer
+        self.buffer = buffer
         cdef Py_ssize_t address = buffer.ctypes.data
         self.base = <char *>(address + (64 - address % 64) % 64)
         self.size = nbytes
@@ -274,7 +278,7 @@ cdef void forward_thread(
         const Py_ssize_t *y_rows,          # (N) IN row of y for each packed row; NULL: the same
         floating *h_n,                     # (B, H) OUT final states
         floating *c,                       # (B, H) INOUT LSTM cell state: c_0 in, c_n out
-        floating *gates,                   # (N, G*H) OUT activated gates; NULL when not training
+        floating *gates,                   # (N, G*H) OUT activated gates (LSTM, GRU); NULL otherwise
         floating *saved,                   # (N, H) OUT RNN h', LSTM c', GRU hn; NULL when not training
         floating *h_prev,                  # (N, H) OUT the state before each step; NULL when not training
         const floating *x,                 # (N, I) IN
@@ -361,9 +365,10 @@ cdef void forward_thread(
                                          hn + j * H + u0, yrow)
                     else:
                         rnn_forward_step(n, cell == RNN_RELU, xrow, hrow, hn + j * H + u0, yrow)
-                    if gates != NULL:   # training: keep what backward needs
-                        for g in range(G):
-                            memcpy(gates + r * GH + g * H + u0, xrow + g * gw, row_bytes)
+                    if h_prev != NULL:   # training: keep what backward needs
+                        if cell == LSTM or cell == GRU:   # the RNN's backward needs only h'
+                            for g in range(G):
+                                memcpy(gates + r * GH + g * H + u0, xrow + g * gw, row_bytes)
                         memcpy(h_prev + r * H + u0, hp + j * H + u0, row_bytes)
                         if cell == LSTM:
                             memcpy(saved + r * H + u0, c + j * H + u0, row_bytes)
@@ -384,7 +389,7 @@ def forward(int cell,
                                                 # with y_rows, (rows, H) written at y_rows
             floating[:, ::1] h_n,               # (B, H) OUT final state (packed order)
             floating[:, ::1] c_n,               # (B, H) OUT LSTM final cell state, else (0, H)
-            floating[:, ::1] gates,             # (N, G*H) OUT when training, else (0, G*H)
+            floating[:, ::1] gates,             # (N, G*H) OUT when training (LSTM, GRU), else (0, G*H)
             floating[:, ::1] saved,             # (N, H) OUT when training, else (0, H)
             floating[:, ::1] h_prev,            # (N, H) OUT when training, else (0, H)
             const floating[:, ::1] x,           # (N, I) IN
@@ -427,7 +432,7 @@ def forward(int cell,
     cdef floating *hbuf = <floating *>scratch.take(2 * B * H * f)
     cdef floating *xg = <floating *>scratch.take(0)
     cdef floating *c_ptr = &c_n[0, 0] if cell == LSTM else NULL
-    cdef floating *gates_ptr = &gates[0, 0] if training else NULL
+    cdef floating *gates_ptr = &gates[0, 0] if training and cell in (LSTM, GRU) else NULL
     cdef floating *saved_ptr = &saved[0, 0] if training else NULL
     cdef floating *h_prev_ptr = &h_prev[0, 0] if training else NULL
     cdef fr_barrier barrier
@@ -451,40 +456,56 @@ def forward(int cell,
 
 # --- products over all rows, for the gradients ----------------------------------
 
-# dweight = dG.T @ X: output rows in tiles of GRAD_TILE (a multiple of the
-# kernel's 6 rows), each a sum over blocks of GRAD_KC rows of dG, transposed
-# into scratch.  Tiles and blocks depend on the shapes only.
+# dweight += dG.T @ X over all N rows, in blocks of GRAD_KC rows: each block
+# of X (and of h_prev) is packed once, then the output rows are shared out in
+# tiles of GRAD_TILE (a multiple of the kernel's 6 rows), each tile taking its
+# columns of the dG block transposed into scratch.  Blocks and tiles depend on
+# the shapes only; the packed blocks are the only scratch, whatever N.
 cdef Py_ssize_t GRAD_TILE = 48
 cdef Py_ssize_t GRAD_KC = 256
 cdef Py_ssize_t DX_TILE = 96
 
 
 cdef void weight_grad_tile(floating *dw, Py_ssize_t ldw, Py_ssize_t m0, Py_ssize_t m1,
-                           const floating *g, Py_ssize_t ldg, const floating *packed,
-                           Py_ssize_t n_out, Py_ssize_t K, floating *gt) noexcept nogil:
-    """dw[m0:m1] += g[:, m0:m1].T @ b, b (K, n_out) packed by columns; gt
-    scratch (m1 - m0, GRAD_KC)."""
-    cdef Py_ssize_t nr = panel_width(<floating>0), k0 = 0, kc
-    while k0 < K:
-        kc = min(GRAD_KC, K - k0)
-        transpose(gt, kc, g + k0 * ldg + m0, ldg, kc, m1 - m0)
-        rgemm_ldp(m1 - m0, n_out, kc, gt, kc, packed + k0 * nr, K, dw + m0 * ldw, ldw, True)
-        k0 += kc
+                           const floating *g, Py_ssize_t ldg, Py_ssize_t kc,
+                           const floating *packed, Py_ssize_t n_out,
+                           floating *dw2, Py_ssize_t m_end2, const floating *packed2, Py_ssize_t n_out2,
+                           floating *gt) noexcept nogil:
+    """dw[m0:m1] += g[:kc, m0:m1].T @ b, b (kc, n_out) packed by columns; and
+    the same for the rows below m_end2 of dw2 with b2.  gt scratch (m1 - m0, kc)."""
+    transpose(gt, kc, g + m0, ldg, kc, m1 - m0)
+    rgemm(m1 - m0, n_out, kc, gt, kc, packed, dw + m0 * ldw, ldw, True)
+    if dw2 != NULL and m0 < m_end2:
+        rgemm(min(m1, m_end2) - m0, n_out2, kc, gt, kc, packed2, dw2 + m0 * n_out2, n_out2, True)
 
 
-cdef void weight_grad(floating *dw, Py_ssize_t ldw, Py_ssize_t m_out,
-                      const floating *g, Py_ssize_t ldg,
-                      const floating *packed, Py_ssize_t n_out, Py_ssize_t K,
-                      floating *scratch, int n_threads) noexcept nogil:
-    """dw (m_out, n_out) += g.T @ b: g (K, m_out) with row stride ldg, b
-    (K, n_out) packed by columns; scratch (n_threads, GRAD_TILE * GRAD_KC)."""
-    cdef Py_ssize_t n_tiles = (m_out + GRAD_TILE - 1) // GRAD_TILE, i
+cdef void weight_grads(floating *dw_ih, floating *dw_hh, floating *dw_hn,
+                       const floating *g, Py_ssize_t GH, Py_ssize_t GH_direct,
+                       const floating *g_hn, const floating *x, Py_ssize_t I,
+                       const floating *h_prev, Py_ssize_t H, Py_ssize_t N,
+                       floating *packed_x, floating *packed_h, floating *gt, int n_threads) noexcept nogil:
+    """dw_ih (GH, I) += g.T @ x ; dw_hh[:GH_direct] (H wide) += g[:, :GH_direct].T @ h_prev ;
+    and with g_hn (the GRU's n gate, (N, H)), dw_hn (H, H) += g_hn.T @ h_prev.
+    packed_x, packed_h: a block of x and of h_prev packed; gt (n_threads, GRAD_TILE * GRAD_KC)."""
+    cdef Py_ssize_t k0 = 0, kc, i, n_tiles = (GH + GRAD_TILE - 1) // GRAD_TILE
+    cdef Py_ssize_t n_tiles_hn = (H + GRAD_TILE - 1) // GRAD_TILE
     cdef int threads = n_threads if n_threads < n_tiles else <int>n_tiles
-    if 2.0 * m_out * n_out * K < MIN_PARALLEL_FLOPS:
+    if 2.0 * GH * (I + H) * N < MIN_PARALLEL_FLOPS:
         threads = 1
-    for i in prange(n_tiles, num_threads=threads, schedule='dynamic'):
-        weight_grad_tile(dw, ldw, i * GRAD_TILE, min(m_out, i * GRAD_TILE + GRAD_TILE), g, ldg, packed,
-                         n_out, K, scratch + fr_omp_get_thread_num() * GRAD_TILE * GRAD_KC)
+    while k0 < N:
+        kc = min(GRAD_KC, N - k0)
+        pack_columns(packed_x, x + k0 * I, I, I, kc, threads)
+        pack_columns(packed_h, h_prev + k0 * H, H, H, kc, threads)
+        for i in prange(n_tiles, num_threads=threads, schedule='dynamic'):
+            weight_grad_tile(dw_ih, I, i * GRAD_TILE, min(GH, i * GRAD_TILE + GRAD_TILE),
+                             g + k0 * GH, GH, kc, packed_x, I, dw_hh, GH_direct, packed_h, H,
+                             gt + fr_omp_get_thread_num() * GRAD_TILE * GRAD_KC)
+        if g_hn != NULL:
+            for i in prange(n_tiles_hn, num_threads=threads, schedule='dynamic'):
+                weight_grad_tile(dw_hn, H, i * GRAD_TILE, min(H, i * GRAD_TILE + GRAD_TILE),
+                                 g_hn + k0 * H, H, kc, packed_h, H, NULL, 0, NULL, 0,
+                                 gt + fr_omp_get_thread_num() * GRAD_TILE * GRAD_KC)
+        k0 += kc
 
 
 cdef void rows_product(floating *c, Py_ssize_t ldc, const floating *a, Py_ssize_t lda,
@@ -629,7 +650,8 @@ def backward(int cell,
     # gates now holds dxw, the gradient of x @ weight_ih.T, for every row; the
     # gradient of h @ weight_hh.T is the same, but for the GRU's n gate, whose
     # part (dhn) is in saved.  Then the products over all rows.
-    cdef Py_ssize_t pi = fr_packed_len(I, GH, nr), px = fr_packed_len(I, N, nr), ph = fr_packed_len(H, N, nr)
+    cdef Py_ssize_t pi = fr_packed_len(I, GH, nr)
+    cdef Py_ssize_t px = fr_packed_len(I, GRAD_KC, nr), ph = fr_packed_len(H, GRAD_KC, nr)
     cdef Scratch products = Scratch(padded(pi * f) + padded(px * f) + padded(ph * f)
                                     + padded(n_threads * GRAD_TILE * GRAD_KC * f))
     cdef floating *packed_w_ih = <floating *>products.take(pi * f)
@@ -641,12 +663,9 @@ def backward(int cell,
         pack_columns(packed_w_ih, &weight_ih[0, 0], I, I, GH, n_threads)
         rows_product(&dx[0, 0], I, &gates[0, 0], GH, packed_w_ih, N, I, GH, accumulate_dx, n_threads)
         # dweight_ih += dxw.T @ x ; dweight_hh += dhw.T @ h_prev
-        pack_columns(packed_x, &x[0, 0], I, I, N, n_threads)
-        pack_columns(packed_h, &h_prev[0, 0], H, H, N, n_threads)
-        weight_grad(&dweight_ih[0, 0], I, GH, &gates[0, 0], GH, packed_x, I, N, gt, n_threads)
-        weight_grad(&dweight_hh[0, 0], H, GH_direct, &gates[0, 0], GH, packed_h, H, N, gt, n_threads)
-        if cell == GRU:
-            weight_grad(&dweight_hh[2 * H, 0], H, H, saved_ptr, H, packed_h, H, N, gt, n_threads)
+        weight_grads(&dweight_ih[0, 0], &dweight_hh[0, 0], &dweight_hh[2 * H, 0] if cell == GRU else NULL,
+                     &gates[0, 0], GH, GH_direct, saved_ptr if cell == GRU else NULL,
+                     &x[0, 0], I, &h_prev[0, 0], H, N, packed_x, packed_h, gt, n_threads)
         if has_bias:
             add_column_sums(&dbias_ih[0], &gates[0, 0], GH, N, GH, n_threads)
             add_column_sums(&dbias_hh[0], &gates[0, 0], GH, N, GH_direct, n_threads)

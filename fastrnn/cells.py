@@ -107,8 +107,9 @@ class _CellBase(Module):
         y = np.empty((B, H), dtype=dtype)
         h_new = np.empty((B, H), dtype=dtype)
         c_new = np.empty((B, H), dtype=dtype) if is_lstm else self._no_rows
-        gates = np.empty((B, G * H) if training else (0, G * H), dtype=dtype)
         saved = np.empty((B, H), dtype=dtype) if training else self._no_rows
+        # the RNN keeps no gates: its backward turns saved (h') into them
+        gates = saved if training and G == 1 else np.empty((B, G * H) if training else (0, G * H), dtype=dtype)
         h_prev = np.empty((B, H), dtype=dtype) if training else self._no_rows
         _recurrence.forward(self._cell, y, h_new, c_new, gates, saved, h_prev, x, *self._weights(),
                             h, c, np.array([B], dtype=np.intp), False, get_num_threads())

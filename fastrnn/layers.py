@@ -288,8 +288,9 @@ class _RNNBase(Module):
             for d in range(D):
                 i = layer * D + d
                 if training:
-                    gates = np.empty((N, G * H), dtype=dtype)
                     saved = np.empty((N, H), dtype=dtype)
+                    # the RNN keeps no gates: its backward turns saved (h') into them
+                    gates = saved if G == 1 else np.empty((N, G * H), dtype=dtype)
                     h_prev = np.empty((N, H), dtype=dtype)
                     directions.append((gates, saved, h_prev))
                 else:
