@@ -1,19 +1,24 @@
-"""What every fastrnn layer and cell has: named parameters with PyTorch's
-names and shapes, their gradients, and the training flag."""
+"""What every fastrnn layer, cell and model has: named parameters with
+PyTorch's names and shapes, their gradients, the training flag, and a config
+from which it can be rebuilt.
+
+A composite model is a subclass of Module whose attributes are modules (or
+lists of modules): its parameters are theirs, named by the attribute path, as
+in PyTorch ("encoder.weight_ih_l0", "layers.0.weight")."""
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Iterator, Mapping
 
 import numpy as np
 
 
 class Module:
     """Parameters and gradients as dicts of ndarrays, keyed like PyTorch's
-    state_dict.  `params` and `grads` are the live arrays (an optimiser updates
-    them in place); `state_dict()` returns copies."""
+    state_dict.  `params` and `grads` hold the live arrays (an optimiser
+    updates them in place); `state_dict()` returns copies."""
 
-    def __init__(self, dtype: np.dtype) -> None:
-        self.dtype = dtype
+    def __init__(self, dtype=None) -> None:
+        self.dtype = None if dtype is None else np.dtype(dtype)
         self.training = True
         self._params: dict[str, np.ndarray] = {}
         self._grads: dict[str, np.ndarray] = {}
@@ -22,23 +27,49 @@ class Module:
         self._params[name] = np.ascontiguousarray(value, dtype=self.dtype)
         self._grads[name] = np.zeros_like(self._params[name])
 
+    # --- the tree of modules -------------------------------------------------
+
+    def children(self) -> Iterator[tuple[str, "Module"]]:
+        """(name, module) for every module held in an attribute (lists and
+        tuples of modules give name.0, name.1, ...), in assignment order."""
+        for name, value in vars(self).items():
+            if name.startswith("_"):
+                continue
+            if isinstance(value, Module):
+                yield name, value
+            elif isinstance(value, (list, tuple)):
+                for i, item in enumerate(value):
+                    if isinstance(item, Module):
+                        yield f"{name}.{i}", item
+
+    def _named(self, which: str) -> dict[str, np.ndarray]:
+        own = getattr(self, which)
+        children = list(self.children())
+        if not children:
+            return own
+        out = dict(own)
+        for prefix, child in children:
+            for name, value in child._named(which).items():
+                out[f"{prefix}.{name}"] = value
+        return out
+
     @property
     def params(self) -> dict[str, np.ndarray]:
         """The parameters themselves (not copies), in PyTorch's order."""
-        return self._params
+        return self._named("_params")
 
     @property
     def grads(self) -> dict[str, np.ndarray]:
         """Gradients of the parameters, same keys and shapes; backward adds into them."""
-        return self._grads
+        return self._named("_grads")
 
     def zero_grad(self) -> None:
-        for g in self._grads.values():
+        for g in self.grads.values():
             g.fill(0)
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Copies of the parameters, with PyTorch's names and shapes."""
-        return {name: value.copy() for name, value in self._params.items()}
+        return {name: value.copy() for name, value in self.params.items()}
 
     def load_state_dict(self, state_dict: Mapping) -> None:
         """Copy parameters in from a mapping of name -> array-like (ndarrays,
@@ -46,17 +77,18 @@ class Module:
         must match.  Nothing is changed unless everything checks out."""
         if not isinstance(state_dict, Mapping):
             raise TypeError(f"state_dict must be a mapping of name -> array, got {type(state_dict).__name__}")
-        missing = [k for k in self._params if k not in state_dict]
-        unexpected = [k for k in state_dict if k not in self._params]
+        params = self.params
+        missing = [k for k in params if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in params]
         if missing or unexpected:
             parts = []
             if missing:
                 parts.append(f"missing keys {missing}")
             if unexpected:
                 parts.append(f"unexpected keys {unexpected}")
-            raise ValueError(f"load_state_dict: {'; '.join(parts)} (expected {list(self._params)})")
+            raise ValueError(f"load_state_dict: {'; '.join(parts)} (expected {list(params)})")
         arrays = {}
-        for name, target in self._params.items():
+        for name, target in params.items():
             try:
                 value = np.asarray(state_dict[name])
             except Exception as exc:
@@ -68,13 +100,17 @@ class Module:
                 raise ValueError(f"load_state_dict: {name} must have shape {target.shape}, got {value.shape}")
             arrays[name] = value
         for name, value in arrays.items():
-            np.copyto(self._params[name], value, casting="unsafe")
+            np.copyto(params[name], value, casting="unsafe")
+
+    # --- modes -----------------------------------------------------------------
 
     def train(self, mode: bool = True):
         """Training mode: forward keeps what backward needs.  Returns self."""
         self.training = bool(mode)
         if not self.training:
             self._drop_tape()
+        for _, child in self.children():
+            child.train(mode)
         return self
 
     def eval(self):
@@ -83,3 +119,20 @@ class Module:
 
     def _drop_tape(self) -> None:  # overridden by classes that keep forward state
         pass
+
+    # --- saving ------------------------------------------------------------------
+
+    def get_config(self) -> dict:
+        """The constructor's arguments, JSON-serialisable: the module is
+        rebuilt as type(self)(**config) when loaded.  Composite models define
+        it for fastrnn.load to rebuild them."""
+        config = getattr(self, "_config", None)
+        if config is None:
+            raise NotImplementedError(f"{type(self).__name__} defines no get_config(): pass the model to "
+                                      f"fastrnn.load(path, model=...) to load its parameters into it")
+        return dict(config)
+
+    def save(self, path) -> None:
+        """Save as .npz: parameters and config (see fastrnn.save)."""
+        from fastrnn.io import save
+        save(path, self)

@@ -484,8 +484,9 @@ cdef void weight_grads(floating *dw_ih, floating *dw_hh, floating *dw_hn,
                        const floating *g_hn, const floating *x, Py_ssize_t I,
                        const floating *h_prev, Py_ssize_t H, Py_ssize_t N,
                        floating *packed_x, floating *packed_h, floating *gt, int n_threads) noexcept nogil:
-    """dw_ih (GH, I) += g.T @ x ; dw_hh[:GH_direct] (H wide) += g[:, :GH_direct].T @ h_prev ;
-    and with g_hn (the GRU's n gate, (N, H)), dw_hn (H, H) += g_hn.T @ h_prev.
+    """dw_ih (GH, I) += g.T @ x ; unless dw_hh is NULL, dw_hh[:GH_direct] (H wide) +=
+    g[:, :GH_direct].T @ h_prev ; and with g_hn (the GRU's n gate, (N, H)), dw_hn (H, H)
+    += g_hn.T @ h_prev.
     packed_x, packed_h: a block of x and of h_prev packed; gt (n_threads, GRAD_TILE * GRAD_KC)."""
     cdef Py_ssize_t k0 = 0, kc, i, n_tiles = (GH + GRAD_TILE - 1) // GRAD_TILE
     cdef Py_ssize_t n_tiles_hn = (H + GRAD_TILE - 1) // GRAD_TILE
@@ -495,7 +496,8 @@ cdef void weight_grads(floating *dw_ih, floating *dw_hh, floating *dw_hn,
     while k0 < N:
         kc = min(GRAD_KC, N - k0)
         pack_columns(packed_x, x + k0 * I, I, I, kc, threads)
-        pack_columns(packed_h, h_prev + k0 * H, H, H, kc, threads)
+        if dw_hh != NULL:
+            pack_columns(packed_h, h_prev + k0 * H, H, H, kc, threads)
         for i in prange(n_tiles, num_threads=threads, schedule='dynamic'):
             weight_grad_tile(dw_ih, I, i * GRAD_TILE, min(GH, i * GRAD_TILE + GRAD_TILE),
                              g + k0 * GH, GH, kc, packed_x, I, dw_hh, GH_direct, packed_h, H,
@@ -519,6 +521,19 @@ cdef void rows_product(floating *c, Py_ssize_t ldc, const floating *a, Py_ssize_
     for i in prange(n_tiles, num_threads=threads, schedule='dynamic'):
         rgemm(min(DX_TILE, m - i * DX_TILE), n, k, a + i * DX_TILE * lda, lda, packed,
               c + i * DX_TILE * ldc, ldc, accumulate)
+
+
+cdef void rows_product_bias(floating *c, Py_ssize_t ldc, const floating *a, Py_ssize_t lda,
+                            const floating *packed, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                            const floating *bias, int n_threads) noexcept nogil:
+    """c (m, n) = a (m, k) @ w.T + bias, w packed, bias padded to whole panels or NULL."""
+    cdef Py_ssize_t n_tiles = (m + DX_TILE - 1) // DX_TILE, i
+    cdef int threads = n_threads if n_threads < n_tiles else <int>n_tiles
+    if 2.0 * m * n * k < MIN_PARALLEL_FLOPS:
+        threads = 1
+    for i in prange(n_tiles, num_threads=threads, schedule='dynamic'):
+        rgemm(min(DX_TILE, m - i * DX_TILE), n, k, a + i * DX_TILE * lda, lda, packed,
+              c + i * DX_TILE * ldc, ldc, False, bias)
 
 
 cdef void pack_columns(floating *packed, const floating *s, Py_ssize_t lds, Py_ssize_t n,
@@ -671,4 +686,57 @@ def backward(int cell,
             add_column_sums(&dbias_hh[0], &gates[0, 0], GH, N, GH_direct, n_threads)
             if cell == GRU:
                 add_column_sums(&dbias_hh[2 * H], saved_ptr, H, N, H, n_threads)
+    call_ended()
+
+
+# --- a dense layer on the last axis, with the same products -------------------
+# fastrnn.nn.Linear runs here rather than on NumPy's `@`: NumPy's BLAS would
+# start its own worker threads, which keep spinning on the cores the next
+# recurrent call needs, and the results would depend on its thread count.
+
+def linear_forward(floating[:, ::1] y,             # (N, out) OUT
+                   const floating[:, ::1] x,       # (N, in) IN
+                   const floating[:, ::1] weight,  # (out, in) IN
+                   const floating[::1] bias,       # (out,) IN, or (0,)
+                   int n_threads):
+    """y = x @ weight.T + bias"""
+    cdef Py_ssize_t N = x.shape[0], I = x.shape[1], O = weight.shape[0], i
+    cdef Py_ssize_t nr = panel_width(<floating>0), f = sizeof(floating), P = (O + nr - 1) // nr
+    cdef Scratch scratch = Scratch(padded(fr_packed_len(O, I, nr) * f) + padded(P * nr * f))
+    cdef floating *packed = <floating *>scratch.take(fr_packed_len(O, I, nr) * f)
+    cdef floating *b = <floating *>scratch.take(P * nr * f)
+    cdef bint has_bias = bias.shape[0] > 0
+    for i in range(P * nr):
+        b[i] = bias[i] if has_bias and i < O else 0
+    with nogil:
+        pack_rows(packed, &weight[0, 0], I, O, I, 0, P)
+        rows_product_bias(&y[0, 0], O, &x[0, 0], I, packed, N, O, I, b if has_bias else NULL, n_threads)
+    call_ended()
+
+
+def linear_backward(floating[:, ::1] dx,           # (N, in) OUT, or (0, in): not wanted
+                    floating[:, ::1] dweight,      # (out, in) INOUT
+                    floating[::1] dbias,           # (out,) INOUT, or (0,)
+                    const floating[:, ::1] dy,     # (N, out) IN
+                    const floating[:, ::1] x,      # (N, in) IN
+                    const floating[:, ::1] weight,  # (out, in) IN
+                    int n_threads):
+    """dx = dy @ weight ; dweight += dy.T @ x ; dbias += dy summed over rows."""
+    cdef Py_ssize_t N = x.shape[0], I = x.shape[1], O = weight.shape[0]
+    cdef Py_ssize_t nr = panel_width(<floating>0), f = sizeof(floating)
+    cdef Py_ssize_t pw = fr_packed_len(I, O, nr), px = fr_packed_len(I, GRAD_KC, nr)
+    if n_threads < 1:
+        n_threads = 1
+    cdef Scratch scratch = Scratch(padded(pw * f) + padded(px * f) + padded(n_threads * GRAD_TILE * GRAD_KC * f))
+    cdef floating *packed_w = <floating *>scratch.take(pw * f)
+    cdef floating *packed_x = <floating *>scratch.take(px * f)
+    cdef floating *gt = <floating *>scratch.take(n_threads * GRAD_TILE * GRAD_KC * f)
+    with nogil:
+        if dx.shape[0] > 0:
+            pack_columns(packed_w, &weight[0, 0], I, I, O, n_threads)
+            rows_product(&dx[0, 0], I, &dy[0, 0], O, packed_w, N, I, O, False, n_threads)
+        weight_grads(&dweight[0, 0], NULL, NULL, &dy[0, 0], O, 0, NULL, &x[0, 0], I, NULL, 0, N,
+                     packed_x, NULL, gt, n_threads)
+        if dbias.shape[0] > 0:
+            add_column_sums(&dbias[0], &dy[0, 0], O, N, O, n_threads)
     call_ended()

@@ -37,6 +37,10 @@ class _CellBase(Module):
         self.input_size = check_size("input_size", input_size)
         self.hidden_size = check_size("hidden_size", hidden_size)
         self.bias = check_bool("bias", bias)
+        self._config = dict(input_size=self.input_size, hidden_size=self.hidden_size, bias=self.bias,
+                            dtype=self.dtype.name)
+        if mode.startswith("RNN"):
+            self._config["nonlinearity"] = "tanh" if mode == "RNN_TANH" else "relu"
         self._cell = _recurrence.CELLS[mode]
         G, H = _recurrence.GATES[self._cell], self.hidden_size
         rng = make_rng(seed)

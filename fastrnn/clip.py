@@ -68,9 +68,14 @@ def clip_grad_norm(grads: Grads, max_norm: float, norm_type: float = 2.0,
         if any(math.isnan(n) for n in norms):
             total = math.nan
     else:
-        norms = [np.linalg.norm(a.ravel().astype(np.float64, copy=False), ord=norm_type) if a.size else 0.0
-                 for a in arrays]
-        total = float(np.linalg.norm(np.array(norms), ord=norm_type))
+        # sums of powers without BLAS: np.linalg.norm's dot would wake NumPy's
+        # BLAS threads, which then spin on the cores the next kernel call needs
+        if norm_type == 2.0:
+            sums = [float(np.sum(np.square(a, dtype=np.float64))) for a in arrays]
+            total = math.sqrt(sum(sums))
+        else:
+            sums = [float(np.sum(np.abs(a).astype(np.float64) ** norm_type)) for a in arrays]
+            total = sum(sums) ** (1.0 / norm_type)
     if error_if_nonfinite and not math.isfinite(total):
         raise RuntimeError(f"The total norm of order {norm_type} of the gradients is non-finite ({total}), "
                            "so it cannot be clipped; pass error_if_nonfinite=False to clip anyway")

@@ -129,6 +129,11 @@ class _RNNBase(Module):
         if self.dropout > 0 and self.num_layers == 1:
             warnings.warn("dropout acts between recurrent layers, so with num_layers=1 it does nothing "
                           f"(dropout={self.dropout})", UserWarning, stacklevel=3)
+        self._config = dict(input_size=self.input_size, hidden_size=self.hidden_size,
+                            num_layers=self.num_layers, bias=self.bias, batch_first=self.batch_first,
+                            dropout=self.dropout, bidirectional=self.bidirectional, dtype=self.dtype.name)
+        if mode.startswith("RNN"):
+            self._config["nonlinearity"] = "tanh" if mode == "RNN_TANH" else "relu"
         self._rng = make_rng(seed)
         self._cell = _recurrence.CELLS[mode]
         G, H, D = _recurrence.GATES[self._cell], self.hidden_size, self.num_directions
