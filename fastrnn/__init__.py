@@ -6,7 +6,7 @@ PyTorch's parameter names, shapes and gate orders.
 """
 __version__ = "0.1.0"
 
-from fastrnn import nn, optim
+from fastrnn import convert, nn, optim
 from fastrnn._threads import get_num_threads, set_num_threads, show_config
 from fastrnn.cells import GRUCell, LSTMCell, RNNCell
 from fastrnn.clip import clip_grad_norm, clip_grad_value
@@ -16,7 +16,7 @@ from fastrnn.layers import GRU, LSTM, RNN
 __all__ = [
     "RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell",
     "clip_grad_norm", "clip_grad_value",
-    "nn", "optim", "save", "load", "load_checkpoint", "register",
+    "nn", "optim", "convert", "save", "load", "load_checkpoint", "register",
     "set_num_threads", "get_num_threads", "show_config",
     "__version__",
 ]

@@ -181,3 +181,84 @@ cdef inline void gru_backward_step(
         dhw[gs + u] = dz
         dhw[2 * gs + u] = dhn
         saved[u] = dhn
+
+
+# GRU with the reset applied before the recurrent product (Keras's
+# reset_after=False, ONNX's linear_before_reset=0), gates r, z, n:
+#   r = sigmoid(xw_r + hw_r), z = sigmoid(xw_z + hw_z), rh = r * h
+#   nn = tanh(xw_n + rh @ W_hn.T) ;  h' = nn + z * (h - nn)
+# Every bias is folded into xw.  The n gate's product needs r * h of every
+# unit, so a step has two phases, the reset (r, z, rh) then the state, with
+# the threads meeting in between; its backward likewise: first dz and dn,
+# then, once d(rh) = dn @ W_hn is known, dr.
+
+cdef inline void gru_reset_before_reset_step(
+        Py_ssize_t n, Py_ssize_t gs,
+        floating *xw,                # (3 gs) IN ; OUT r, z in the first two gates
+        const floating *hw,          # (2 gs) IN
+        const floating *h_prev,      # (n) IN state h
+        floating *rh) noexcept nogil:  # (n) OUT r * h
+    cdef Py_ssize_t u
+    cdef floating r
+    for u in range(n):
+        r = sigmoid(xw[u] + hw[u])
+        xw[u] = r
+        xw[gs + u] = sigmoid(xw[gs + u] + hw[gs + u])
+        rh[u] = r * h_prev[u]
+
+
+cdef inline void gru_reset_before_forward_step(
+        Py_ssize_t n, Py_ssize_t gs,
+        floating *xw,                # (3 gs) IN r, z, xw_n ; OUT r, z, n
+        const floating *hw,          # (3 gs) IN rh @ W_hn.T in the last gate
+        const floating *h_prev,      # (n) IN state h
+        floating *h,                 # (n) OUT new state h'
+        floating *y) noexcept nogil:  # (n) OUT h'
+    cdef Py_ssize_t u
+    cdef floating z, nn, h_new
+    for u in range(n):
+        z = xw[gs + u]
+        nn = tanh(xw[2 * gs + u] + hw[2 * gs + u])
+        h_new = nn + z * (h_prev[u] - nn)
+        xw[2 * gs + u] = nn
+        h[u] = h_new
+        y[u] = h_new
+
+
+cdef inline void gru_reset_before_backward_step(
+        Py_ssize_t n, Py_ssize_t gs,
+        floating *gates,             # (3 gs) IN r, z, n ; OUT r, dz, dn
+        floating *dhw,               # (3 gs) OUT dz, dn in the last two gates
+        const floating *h_prev,      # (n) IN h of the previous step
+        floating *dh,                # (n) INOUT: in gradient reaching h', out its part z * dh for h
+        const floating *dy) noexcept nogil:  # (n) IN
+    cdef Py_ssize_t u
+    cdef floating z, nn, dh_t, dn, dz
+    for u in range(n):
+        z = gates[gs + u]
+        nn = gates[2 * gs + u]
+        dh_t = dh[u] + dy[u]
+        dn = dh_t * (1 - z) * (1 - nn * nn)
+        dz = dh_t * (h_prev[u] - nn) * z * (1 - z)
+        dh[u] = dh_t * z
+        gates[gs + u] = dz
+        gates[2 * gs + u] = dn
+        dhw[gs + u] = dz
+        dhw[2 * gs + u] = dn
+
+
+cdef inline void gru_reset_before_reset_backward_step(
+        Py_ssize_t n, Py_ssize_t gs,
+        floating *gates,             # (gs) IN r ; OUT dr
+        floating *dhw,               # (gs) OUT dr
+        const floating *drh,         # (n) IN gradient of r * h (dn @ W_hn)
+        const floating *h_prev,      # (n) IN
+        floating *dh) noexcept nogil:  # (n) INOUT: adds the part r * drh for h
+    cdef Py_ssize_t u
+    cdef floating r, dr
+    for u in range(n):
+        r = gates[u]
+        dr = drh[u] * h_prev[u] * r * (1 - r)
+        dh[u] += drh[u] * r
+        gates[u] = dr
+        dhw[u] = dr

@@ -47,7 +47,8 @@ from fastrnn._common cimport (
     fr_omp_barrier, fr_omp_get_wtime, fr_barrier, fr_barrier_init, fr_barrier_wait)
 from fastrnn._cells cimport (
     rnn_forward_step, rnn_backward_step, lstm_forward_step, lstm_backward_step,
-    gru_forward_step, gru_backward_step)
+    gru_forward_step, gru_backward_step, gru_reset_before_reset_step, gru_reset_before_forward_step,
+    gru_reset_before_backward_step, gru_reset_before_reset_backward_step)
 
 
 cdef enum:
@@ -55,9 +56,11 @@ cdef enum:
     RNN_RELU = 1
     LSTM = 2
     GRU = 3
+    GRU_RESET_BEFORE = 4    # Keras's reset_after=False, ONNX's linear_before_reset=0
 
-CELLS = {"RNN_TANH": RNN_TANH, "RNN_RELU": RNN_RELU, "LSTM": LSTM, "GRU": GRU}
-GATES = {RNN_TANH: 1, RNN_RELU: 1, LSTM: 4, GRU: 3}
+CELLS = {"RNN_TANH": RNN_TANH, "RNN_RELU": RNN_RELU, "LSTM": LSTM, "GRU": GRU,
+         "GRU_RESET_BEFORE": GRU_RESET_BEFORE}
+GATES = {RNN_TANH: 1, RNN_RELU: 1, LSTM: 4, GRU: 3, GRU_RESET_BEFORE: 3}
 
 # Below this many flops (about 0.2 ms on one core) a loop runs on one thread.
 # Waking a second thread costs a few microseconds when it is still spinning
@@ -279,7 +282,8 @@ cdef void forward_thread(
         floating *h_n,                     # (B, H) OUT final states
         floating *c,                       # (B, H) INOUT LSTM cell state: c_0 in, c_n out
         floating *gates,                   # (N, G*H) OUT activated gates (LSTM, GRU); NULL otherwise
-        floating *saved,                   # (N, H) OUT RNN h', LSTM c', GRU hn; NULL when not training
+        floating *saved,                   # (N, H) OUT RNN h', LSTM c', GRU hn, GRU_RESET_BEFORE r * h;
+                                           # NULL when not training
         floating *h_prev,                  # (N, H) OUT the state before each step; NULL when not training
         const floating *x,                 # (N, I) IN
         const floating *w_ih,              # (G*H, I) IN
@@ -293,6 +297,7 @@ cdef void forward_thread(
         floating *bias,                    # (2, W) scratch: biases in the packed layout
         floating *xw, Py_ssize_t chunk,    # (chunk, W) scratch: x @ weight_ih.T of a chunk of steps
         floating *hw,                      # (B, W) scratch: h @ weight_hh.T of a step
+        floating *rh,                      # (B, H) scratch: GRU_RESET_BEFORE's r * h of a step
         floating *xg) noexcept nogil:      # (chunk, I) scratch of this thread: x rows gathered
     """Thread tid's part of the forward over the whole sequence: its share of
     the units, for every row and step.  W = G * P * nr is the packed width."""
@@ -316,7 +321,7 @@ cdef void forward_thread(
             pack_rows(packed_ih + (col + g * gw) * I, w_ih + (g * H + u0) * I, I, n, I, 0, gw // nr)
             pack_rows(packed_hh + (col + g * gw) * H, w_hh + (g * H + u0) * H, H, n, H, 0, gw // nr)
             # both biases folded into the input product, but the GRU's b_hn,
-            # which multiplies r: it goes to the second row of `bias`
+            # which r multiplies: it goes to the second row of `bias`
             for u in range(gw):
                 if u >= n:
                     bias[col + g * gw + u] = 0
@@ -351,8 +356,18 @@ cdef void forward_thread(
             rows = steps.batch_sizes[s]
             hp = hbuf + (s & 1) * B * H
             hn = hbuf + ((s + 1) & 1) * B * H
-            if busy:
+            if cell == GRU_RESET_BEFORE:   # the n gate's product needs r * h of every unit
+                if busy:
+                    rgemm(rows, 2 * gw, H, hp, H, packed_hh + col * H, hw + col, W, False)
+                    for j in range(rows):
+                        gru_reset_before_reset_step(n, gw, xw + (steps.offsets[s] - base + j) * W + col,
+                                                    hw + j * W + col, hp + j * H + u0, rh + j * H + u0)
+                fr_barrier_wait(barrier, &sense)    # every thread's share of r * h is in place
+                if busy:
+                    rgemm(rows, gw, H, rh, H, packed_hh + (col + 2 * gw) * H, hw + col + 2 * gw, W, False)
+            elif busy:
                 rgemm(rows, G * gw, H, hp, H, packed_hh + col * H, hw + col, W, False)
+            if busy:
                 for j in range(rows):
                     r = row_at(steps, s, j)
                     yrow = y + (y_rows[r] if y_rows != NULL else r) * ldy + u0
@@ -363,10 +378,12 @@ cdef void forward_thread(
                     elif cell == GRU:
                         gru_forward_step(n, gw, xrow, hrow, bias + W + col, hp + j * H + u0,
                                          hn + j * H + u0, yrow)
+                    elif cell == GRU_RESET_BEFORE:
+                        gru_reset_before_forward_step(n, gw, xrow, hrow, hp + j * H + u0, hn + j * H + u0, yrow)
                     else:
                         rnn_forward_step(n, cell == RNN_RELU, xrow, hrow, hn + j * H + u0, yrow)
                     if h_prev != NULL:   # training: keep what backward needs
-                        if cell == LSTM or cell == GRU:   # the RNN's backward needs only h'
+                        if G > 1:   # the RNN's backward needs only h'
                             for g in range(G):
                                 memcpy(gates + r * GH + g * H + u0, xrow + g * gw, row_bytes)
                         memcpy(h_prev + r * H + u0, hp + j * H + u0, row_bytes)
@@ -374,6 +391,8 @@ cdef void forward_thread(
                             memcpy(saved + r * H + u0, c + j * H + u0, row_bytes)
                         elif cell == GRU:
                             memcpy(saved + r * H + u0, hrow + 2 * gw, row_bytes)
+                        elif cell == GRU_RESET_BEFORE:
+                            memcpy(saved + r * H + u0, rh + j * H + u0, row_bytes)
                         else:
                             memcpy(saved + r * H + u0, hn + j * H + u0, row_bytes)
             fr_barrier_wait(barrier, &sense)    # every thread's share of h' is in place
@@ -390,7 +409,7 @@ def forward(int cell,
             floating[:, ::1] h_n,               # (B, H) OUT final state (packed order)
             floating[:, ::1] c_n,               # (B, H) OUT LSTM final cell state, else (0, H)
             floating[:, ::1] gates,             # (N, G*H) OUT when training (LSTM, GRU), else (0, G*H)
-            floating[:, ::1] saved,             # (N, H) OUT when training, else (0, H)
+            floating[:, ::1] saved,             # (N, H) OUT when training (what the cell keeps), else (0, H)
             floating[:, ::1] h_prev,            # (N, H) OUT when training, else (0, H)
             const floating[:, ::1] x,           # (N, I) IN
             const floating[:, ::1] weight_ih,   # (G*H, I) IN
@@ -423,16 +442,17 @@ def forward(int cell,
     cdef Py_ssize_t xg_size = chunk * I if reverse else 0, f = sizeof(floating)
     cdef Scratch scratch = Scratch(padded(W * I * f) + padded(W * H * f) + padded(2 * W * f)
                                    + padded(chunk * W * f) + padded(B * W * f) + padded(2 * B * H * f)
-                                   + nt * padded(xg_size * f))
+                                   + padded(B * H * f) + nt * padded(xg_size * f))
     cdef floating *packed_ih = <floating *>scratch.take(W * I * f)
     cdef floating *packed_hh = <floating *>scratch.take(W * H * f)
     cdef floating *bias = <floating *>scratch.take(2 * W * f)
     cdef floating *xw = <floating *>scratch.take(chunk * W * f)
     cdef floating *hw = <floating *>scratch.take(B * W * f)
     cdef floating *hbuf = <floating *>scratch.take(2 * B * H * f)
+    cdef floating *rh = <floating *>scratch.take(B * H * f)
     cdef floating *xg = <floating *>scratch.take(0)
     cdef floating *c_ptr = &c_n[0, 0] if cell == LSTM else NULL
-    cdef floating *gates_ptr = &gates[0, 0] if training and cell in (LSTM, GRU) else NULL
+    cdef floating *gates_ptr = &gates[0, 0] if training and G > 1 else NULL
     cdef floating *saved_ptr = &saved[0, 0] if training else NULL
     cdef floating *h_prev_ptr = &h_prev[0, 0] if training else NULL
     cdef fr_barrier barrier
@@ -450,7 +470,7 @@ def forward(int cell,
                        &y[0, 0], y.strides[0] // sizeof(floating), y_rows_ptr, &h_n[0, 0], c_ptr,
                        gates_ptr, saved_ptr, h_prev_ptr, &x[0, 0], &weight_ih[0, 0], &weight_hh[0, 0],
                        &bias_ih[0], &bias_hh[0], &h_0[0, 0], hbuf, packed_ih, packed_hh,
-                       bias, xw, chunk, hw, xg + tid * padded(xg_size * f) // f)
+                       bias, xw, chunk, hw, rh, xg + tid * padded(xg_size * f) // f)
     call_ended()
 
 
@@ -480,13 +500,13 @@ cdef void weight_grad_tile(floating *dw, Py_ssize_t ldw, Py_ssize_t m0, Py_ssize
 
 
 cdef void weight_grads(floating *dw_ih, floating *dw_hh, floating *dw_hn,
-                       const floating *g, Py_ssize_t GH, Py_ssize_t GH_direct,
+                       const floating *g, Py_ssize_t ldg, Py_ssize_t GH, Py_ssize_t GH_direct,
                        const floating *g_hn, const floating *x, Py_ssize_t I,
                        const floating *h_prev, Py_ssize_t H, Py_ssize_t N,
                        floating *packed_x, floating *packed_h, floating *gt, int n_threads) noexcept nogil:
-    """dw_ih (GH, I) += g.T @ x ; unless dw_hh is NULL, dw_hh[:GH_direct] (H wide) +=
-    g[:, :GH_direct].T @ h_prev ; and with g_hn (the GRU's n gate, (N, H)), dw_hn (H, H)
-    += g_hn.T @ h_prev.
+    """dw_ih (GH, I) += g.T @ x, g (N, GH) with rows ldg apart ; unless dw_hh is
+    NULL, dw_hh[:GH_direct] (H wide) += g[:, :GH_direct].T @ h_prev ; and with g_hn
+    (the GRU's n gate, (N, H)), dw_hn (H, H) += g_hn.T @ h_prev.
     packed_x, packed_h: a block of x and of h_prev packed; gt (n_threads, GRAD_TILE * GRAD_KC)."""
     cdef Py_ssize_t k0 = 0, kc, i, n_tiles = (GH + GRAD_TILE - 1) // GRAD_TILE
     cdef Py_ssize_t n_tiles_hn = (H + GRAD_TILE - 1) // GRAD_TILE
@@ -500,7 +520,7 @@ cdef void weight_grads(floating *dw_ih, floating *dw_hh, floating *dw_hn,
             pack_columns(packed_h, h_prev + k0 * H, H, H, kc, threads)
         for i in prange(n_tiles, num_threads=threads, schedule='dynamic'):
             weight_grad_tile(dw_ih, I, i * GRAD_TILE, min(GH, i * GRAD_TILE + GRAD_TILE),
-                             g + k0 * GH, GH, kc, packed_x, I, dw_hh, GH_direct, packed_h, H,
+                             g + k0 * ldg, ldg, kc, packed_x, I, dw_hh, GH_direct, packed_h, H,
                              gt + fr_omp_get_thread_num() * GRAD_TILE * GRAD_KC)
         if g_hn != NULL:
             for i in prange(n_tiles_hn, num_threads=threads, schedule='dynamic'):
@@ -553,7 +573,8 @@ cdef void backward_thread(
         int cell, const Steps *steps, Py_ssize_t B, Py_ssize_t H, Py_ssize_t G,
         int tid, int nt, fr_barrier *barrier,
         floating *gates,                   # (N, G*H) INOUT forward's gates in, dxw out
-        floating *saved,                   # (N, H) INOUT RNN h', LSTM c' (in); GRU hn in, dhn out
+        floating *saved,                   # (N, H) INOUT RNN h', LSTM c' (in); GRU hn in, dhn out;
+                                           # GRU_RESET_BEFORE r * h (in)
         const floating *h_prev,            # (N, H) IN
         const floating *dy, Py_ssize_t lddy,   # (., lddy) IN gradient of the outputs
         const Py_ssize_t *dy_rows,             # (N) IN row of dy for each packed row; NULL: the same
@@ -561,11 +582,15 @@ cdef void backward_thread(
         floating *dc,                      # (B, H) INOUT LSTM: dc_n in, dc_0 out
         const floating *c_0,               # (B, H) IN LSTM initial cell state
         const floating *w_hh,              # (G*H, H) IN
-        floating *packed,                  # (P*nr*G*H) scratch: weight_hh packed by columns
+        floating *packed,                  # (P*nr*K) scratch: weight_hh[:K] packed by columns
+        floating *packed_hn,               # (P*nr*H) scratch: GRU_RESET_BEFORE's W_hn packed by columns
+        floating *drh,                     # (B, H) scratch: GRU_RESET_BEFORE's gradient of r * h
         floating *dhw) noexcept nogil:     # (2, B, G*H) scratch: dhw of even and odd steps
     """Thread tid's part of backpropagation through time: its share of the
-    units, every row, every step from the last."""
+    units, every row, every step from the last.  K, the rows of weight_hh that
+    multiply h directly, is G*H but for GRU_RESET_BEFORE (2*H: r and z)."""
     cdef Py_ssize_t nr = panel_width(<floating>0), GH = G * H, S = steps.n_steps
+    cdef Py_ssize_t K = 2 * H if cell == GRU_RESET_BEFORE else GH
     cdef Split sp = split_units(H, G, nr, tid, nt)
     cdef Py_ssize_t u0 = sp.u0, n = sp.u1 - sp.u0
     cdef Py_ssize_t s, j, r
@@ -574,14 +599,18 @@ cdef void backward_thread(
     cdef floating *d
     cdef int sense = 0
     cdef bint busy = n > 0
+    # the GRUs' pointwise backward leaves in dh the direct part of h's gradient
+    cdef bint add_to_dh = cell == GRU or cell == GRU_RESET_BEFORE
     if busy:
-        pack_cols(packed, w_hh, H, H, GH, sp.p0, sp.p0 + sp.width // nr)
+        pack_cols(packed, w_hh, H, H, K, sp.p0, sp.p0 + sp.width // nr)
+        if cell == GRU_RESET_BEFORE:
+            pack_cols(packed_hn, w_hh + 2 * H * H, H, H, H, sp.p0, sp.p0 + sp.width // nr)
     for s in range(S - 1, -1, -1):
+        d = dhw + (s & 1) * B * GH
         if busy:
             if s + 1 < S:   # dh of the rows still running after step s: dhw of step s+1 @ weight_hh
-                rgemm(steps.batch_sizes[s + 1], n, GH, dhw + ((s + 1) & 1) * B * GH, GH,
-                      packed + sp.p0 * nr * GH, dh + u0, H, cell == GRU)
-            d = dhw + (s & 1) * B * GH
+                rgemm(steps.batch_sizes[s + 1], n, K, dhw + ((s + 1) & 1) * B * GH, GH,
+                      packed + sp.p0 * nr * K, dh + u0, H, add_to_dh)
             for j in range(steps.batch_sizes[s]):
                 r = row_at(steps, s, j)
                 dyrow = dy + (dy_rows[r] if dy_rows != NULL else r) * lddy + u0
@@ -592,12 +621,23 @@ cdef void backward_thread(
                 elif cell == GRU:
                     gru_backward_step(n, H, gates + r * GH + u0, d + j * GH + u0, saved + r * H + u0,
                                       h_prev + r * H + u0, dh + j * H + u0, dyrow)
+                elif cell == GRU_RESET_BEFORE:
+                    gru_reset_before_backward_step(n, H, gates + r * GH + u0, d + j * GH + u0,
+                                                   h_prev + r * H + u0, dh + j * H + u0, dyrow)
                 else:
                     rnn_backward_step(n, cell == RNN_RELU, gates + r * GH + u0, d + j * GH + u0,
                                       saved + r * H + u0, dh + j * H + u0, dyrow)
+        if cell == GRU_RESET_BEFORE:
+            fr_barrier_wait(barrier, &sense)    # every thread's share of dn is in place
+            if busy:   # d(r * h) = dn @ W_hn, then dr
+                rgemm(steps.batch_sizes[s], n, H, d + 2 * H, GH, packed_hn + sp.p0 * nr * H, drh + u0, H, False)
+                for j in range(steps.batch_sizes[s]):
+                    r = row_at(steps, s, j)
+                    gru_reset_before_reset_backward_step(n, H, gates + r * GH + u0, d + j * GH + u0,
+                                                         drh + j * H + u0, h_prev + r * H + u0, dh + j * H + u0)
         fr_barrier_wait(barrier, &sense)    # every thread's share of dhw is in place
-    if busy:   # the gradient of the initial state (the GRU adds to its direct part)
-        rgemm(steps.batch_sizes[0], n, GH, dhw, GH, packed + sp.p0 * nr * GH, dh + u0, H, cell == GRU)
+    if busy:   # the gradient of the initial state
+        rgemm(steps.batch_sizes[0], n, K, dhw, GH, packed + sp.p0 * nr * K, dh + u0, H, add_to_dh)
 
 
 def backward(int cell,
@@ -609,7 +649,7 @@ def backward(int cell,
              floating[::1] dbias_ih,             # (G*H,) INOUT, (0,) without bias
              floating[::1] dbias_hh,             # (G*H,) INOUT, (0,) without bias
              floating[:, ::1] gates,             # (N, G*H) INOUT forward's workspace, consumed
-             floating[:, ::1] saved,             # (N, H) INOUT forward's, consumed
+             floating[:, ::1] saved,             # (N, H) INOUT forward's, consumed (GRU)
              const floating[:, ::1] h_prev,      # (N, H) IN forward's
              const floating[:, :] dy,            # (N, H) IN; rows may be strided, elements not;
                                                  # with dy_rows, read at dy_rows
@@ -625,7 +665,8 @@ def backward(int cell,
     """Backpropagation through time of one forward call (same arguments)."""
     cdef Py_ssize_t B = dh_0.shape[0], H = dh_0.shape[1], N = x.shape[0], I = x.shape[1]
     cdef Py_ssize_t GH = gates.shape[1], G = GH // H
-    cdef Py_ssize_t GH_direct = 2 * H if cell == GRU else GH
+    # rows of weight_hh whose product is with h itself (the GRUs' n gate's is not)
+    cdef Py_ssize_t GH_direct = 2 * H if cell == GRU or cell == GRU_RESET_BEFORE else GH
     cdef Py_ssize_t nr = panel_width(<floating>0)
     cdef bint has_bias = dbias_ih.shape[0] > 0
     dtype = np.float32 if floating is float else np.float64
@@ -640,8 +681,12 @@ def backward(int cell,
     cdef Py_ssize_t f = sizeof(floating)
     if n_threads < 1:
         n_threads = 1
-    cdef Scratch scratch = Scratch(padded(fr_packed_len(H, GH, nr) * f) + padded(2 * B * GH * f))
+    cdef Py_ssize_t phn = fr_packed_len(H, H, nr) if cell == GRU_RESET_BEFORE else 0
+    cdef Scratch scratch = Scratch(padded(fr_packed_len(H, GH, nr) * f) + padded(phn * f)
+                                   + padded(B * H * f) + padded(2 * B * GH * f))
     cdef floating *packed = <floating *>scratch.take(fr_packed_len(H, GH, nr) * f)
+    cdef floating *packed_hn = <floating *>scratch.take(phn * f)
+    cdef floating *drh = <floating *>scratch.take(B * H * f)
     cdef floating *dhw = <floating *>scratch.take(2 * B * GH * f)
     cdef floating *saved_ptr = &saved[0, 0]
     cdef floating *dc_ptr = &dc_0[0, 0] if cell == LSTM else NULL
@@ -660,11 +705,11 @@ def backward(int cell,
         fr_omp_barrier()
         backward_thread(cell, &steps, B, H, G, tid, team, &barrier, &gates[0, 0], saved_ptr, &h_prev[0, 0],
                         &dy[0, 0], dy.strides[0] // sizeof(floating), dy_rows_ptr, &dh_0[0, 0], dc_ptr, c_0_ptr,
-                        &weight_hh[0, 0], packed, dhw)
+                        &weight_hh[0, 0], packed, packed_hn, drh, dhw)
 
     # gates now holds dxw, the gradient of x @ weight_ih.T, for every row; the
-    # gradient of h @ weight_hh.T is the same, but for the GRU's n gate, whose
-    # part (dhn) is in saved.  Then the products over all rows.
+    # gradient of the recurrent products is the same, but for the GRU's n
+    # gate, whose part (dhn) is in saved.  Then the products over all rows.
     cdef Py_ssize_t pi = fr_packed_len(I, GH, nr)
     cdef Py_ssize_t px = fr_packed_len(I, GRAD_KC, nr), ph = fr_packed_len(H, GRAD_KC, nr)
     cdef Scratch products = Scratch(padded(pi * f) + padded(px * f) + padded(ph * f)
@@ -679,13 +724,18 @@ def backward(int cell,
         rows_product(&dx[0, 0], I, &gates[0, 0], GH, packed_w_ih, N, I, GH, accumulate_dx, n_threads)
         # dweight_ih += dxw.T @ x ; dweight_hh += dhw.T @ h_prev
         weight_grads(&dweight_ih[0, 0], &dweight_hh[0, 0], &dweight_hh[2 * H, 0] if cell == GRU else NULL,
-                     &gates[0, 0], GH, GH_direct, saved_ptr if cell == GRU else NULL,
+                     &gates[0, 0], GH, GH, GH_direct, saved_ptr if cell == GRU else NULL,
                      &x[0, 0], I, &h_prev[0, 0], H, N, packed_x, packed_h, gt, n_threads)
+        if cell == GRU_RESET_BEFORE:   # dweight_hn += dn.T @ (r * h)
+            weight_grads(&dweight_hh[2 * H, 0], NULL, NULL, &gates[0, 2 * H], GH, H, 0, NULL,
+                         saved_ptr, H, NULL, 0, N, packed_h, NULL, gt, n_threads)
         if has_bias:
             add_column_sums(&dbias_ih[0], &gates[0, 0], GH, N, GH, n_threads)
-            add_column_sums(&dbias_hh[0], &gates[0, 0], GH, N, GH_direct, n_threads)
             if cell == GRU:
+                add_column_sums(&dbias_hh[0], &gates[0, 0], GH, N, GH_direct, n_threads)
                 add_column_sums(&dbias_hh[2 * H], saved_ptr, H, N, H, n_threads)
+            else:
+                add_column_sums(&dbias_hh[0], &gates[0, 0], GH, N, GH, n_threads)
     call_ended()
 
 
@@ -735,7 +785,7 @@ def linear_backward(floating[:, ::1] dx,           # (N, in) OUT, or (0, in): no
         if dx.shape[0] > 0:
             pack_columns(packed_w, &weight[0, 0], I, I, O, n_threads)
             rows_product(&dx[0, 0], I, &dy[0, 0], O, packed_w, N, I, O, False, n_threads)
-        weight_grads(&dweight[0, 0], NULL, NULL, &dy[0, 0], O, 0, NULL, &x[0, 0], I, NULL, 0, N,
+        weight_grads(&dweight[0, 0], NULL, NULL, &dy[0, 0], O, O, 0, NULL, &x[0, 0], I, NULL, 0, N,
                      packed_x, NULL, gt, n_threads)
         if dbias.shape[0] > 0:
             add_column_sums(&dbias[0], &dy[0, 0], O, N, O, n_threads)

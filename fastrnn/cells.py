@@ -41,6 +41,8 @@ class _CellBase(Module):
                             dtype=self.dtype.name)
         if mode.startswith("RNN"):
             self._config["nonlinearity"] = "tanh" if mode == "RNN_TANH" else "relu"
+        if mode.startswith("GRU"):
+            self._config["reset_after"] = mode == "GRU"
         self._cell = _recurrence.CELLS[mode]
         G, H = _recurrence.GATES[self._cell], self.hidden_size
         rng = make_rng(seed)
@@ -59,6 +61,8 @@ class _CellBase(Module):
         extra = "" if self.bias else ", bias=False"
         if self.mode == "RNN_RELU":
             extra += ", nonlinearity='relu'"
+        if self.mode == "GRU_RESET_BEFORE":
+            extra += ", reset_after=False"
         if self.dtype != np.float32:
             extra += f", dtype={self.dtype.name}"
         return f"{type(self).__name__}({self.input_size}, {self.hidden_size}{extra})"
@@ -182,11 +186,17 @@ class RNNCell(_HiddenStateCell):
 
 
 class GRUCell(_HiddenStateCell):
-    """GRU step, gates r, z, n (PyTorch's GRUCell)."""
+    """GRU step, gates r, z, n (PyTorch's GRUCell); reset_after=False is the
+    other GRU, as in fastrnn.GRU."""
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, dtype=np.float32,
-                 seed=None) -> None:
-        super().__init__("GRU", input_size, hidden_size, bias, dtype, seed)
+                 seed=None, reset_after: bool = True) -> None:
+        mode = "GRU" if check_bool("reset_after", reset_after) else "GRU_RESET_BEFORE"
+        super().__init__(mode, input_size, hidden_size, bias, dtype, seed)
+
+    @property
+    def reset_after(self) -> bool:
+        return self.mode == "GRU"
 
 
 class LSTMCell(_CellBase):

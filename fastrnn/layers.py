@@ -134,6 +134,8 @@ class _RNNBase(Module):
                             dropout=self.dropout, bidirectional=self.bidirectional, dtype=self.dtype.name)
         if mode.startswith("RNN"):
             self._config["nonlinearity"] = "tanh" if mode == "RNN_TANH" else "relu"
+        if mode.startswith("GRU"):
+            self._config["reset_after"] = mode == "GRU"
         self._rng = make_rng(seed)
         self._cell = _recurrence.CELLS[mode]
         G, H, D = _recurrence.GATES[self._cell], self.hidden_size, self.num_directions
@@ -167,6 +169,8 @@ class _RNNBase(Module):
             args.append(f"num_layers={self.num_layers}")
         if self.mode == "RNN_RELU":
             args.append("nonlinearity='relu'")
+        if self.mode == "GRU_RESET_BEFORE":
+            args.append("reset_after=False")
         for name, default in (("bias", True), ("batch_first", False), ("dropout", 0.0),
                               ("bidirectional", False)):
             if getattr(self, name) != default:
@@ -177,6 +181,13 @@ class _RNNBase(Module):
 
     def _drop_tape(self) -> None:
         self._tape = None
+
+    def load_state_dict(self, state_dict) -> None:
+        projection = [k for k in getattr(state_dict, "keys", lambda: [])() if str(k).startswith("weight_hr")]
+        if projection:
+            raise ValueError(f"load_state_dict: {projection[0]} is the projection of an LSTM with proj_size, "
+                             "which fastrnn's LSTM does not have (it computes h without projection)")
+        super().load_state_dict(state_dict)
 
     # --- argument checks ----------------------------------------------------
 
@@ -335,7 +346,7 @@ class _RNNBase(Module):
             raise ValueError(f"backward: no stored forward pass to differentiate ({why}); call the layer "
                              "in training mode (layer.train()) before backward")
         packing, batched, is_lstm = tape.packing, tape.batched, self.mode == "LSTM"
-        L, D, H, B, T = self.num_layers, self.num_directions, self.hidden_size, packing.B, packing.T
+        L, D, H, B = self.num_layers, self.num_directions, self.hidden_size, packing.B
         dtype = self.dtype
         dy_rows = None
         if dy is None:
@@ -422,13 +433,23 @@ class RNN(_HiddenStateRNN):
 
 class GRU(_HiddenStateRNN):
     """GRU, gates r, z, n: n = tanh(W_in x + b_in + r * (W_hn h + b_hn)),
-    h' = (1 - z) * n + z * h."""
+    h' = (1 - z) * n + z * h.
+
+    reset_after=False is the other GRU (Keras's reset_after=False, ONNX's
+    linear_before_reset=0, the 2014 paper's): the reset multiplies h before
+    the recurrent product, n = tanh(W_in x + b_in + W_hn (r * h) + b_hn).
+    Same parameters, different numbers: PyTorch's GRU is reset_after=True."""
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 dtype=np.float32, seed=None) -> None:
-        super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                 dtype=np.float32, seed=None, reset_after: bool = True) -> None:
+        mode = "GRU" if check_bool("reset_after", reset_after) else "GRU_RESET_BEFORE"
+        super().__init__(mode, input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, dtype, seed)
+
+    @property
+    def reset_after(self) -> bool:
+        return self.mode == "GRU"
 
 
 class LSTM(_RNNBase):

@@ -8,7 +8,7 @@ weight_ih_l{k}[_reverse] etc.  Nothing here imports fastrnn.
 """
 import numpy as np
 
-GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}
+GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3, "GRU_RESET_BEFORE": 3}
 
 
 def sigmoid(v):
@@ -39,6 +39,12 @@ def cell_forward(mode, x, h, c, w_ih, w_hh, b_ih, b_hh):
         n = np.tanh(xw[2 * H:] + r * hw[2 * H:])
         h_new = (1 - z) * n + z * h
         return h_new, None, (x, h, r, z, n, hw[2 * H:])
+    if mode == "GRU_RESET_BEFORE":   # the reset multiplies h before the product
+        r = sigmoid(xw[:H] + hw[:H])
+        z = sigmoid(xw[H:2 * H] + hw[H:2 * H])
+        n = np.tanh(xw[2 * H:] + w_hh[2 * H:] @ (r * h) + b_hh[2 * H:])
+        h_new = (1 - z) * n + z * h
+        return h_new, None, (x, h, r, z, n, None)
     raise ValueError(mode)
 
 
@@ -67,6 +73,21 @@ def cell_backward(mode, dh, dc, cache, w_ih, w_hh, grads):
         dxw = np.concatenate([dr, dz, dn])
         dhw = np.concatenate([dr, dz, dn * r])
         dc_prev = None
+    elif mode == "GRU_RESET_BEFORE":
+        x, h, r, z, n, _ = cache
+        H = h.shape[0]
+        dn = dh * (1 - z) * (1 - n ** 2)
+        dz = dh * (h - n) * z * (1 - z)
+        drh = w_hh[2 * H:].T @ dn
+        dr = drh * h * r * (1 - r)
+        dxw = dhw = np.concatenate([dr, dz, dn])
+        grads["weight_ih"] += np.outer(dxw, x)
+        grads["weight_hh"][:2 * H] += np.outer(dxw[:2 * H], h)
+        grads["weight_hh"][2 * H:] += np.outer(dn, r * h)
+        grads["bias_ih"] += dxw
+        grads["bias_hh"] += dxw
+        dh_prev = w_hh[:2 * H].T @ dxw[:2 * H] + drh * r + dh * z
+        return w_ih.T @ dxw, dh_prev, None
     grads["weight_ih"] += np.outer(dxw, x)
     grads["weight_hh"] += np.outer(dhw, h)
     grads["bias_ih"] += dxw

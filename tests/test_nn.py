@@ -2,7 +2,6 @@
 optimisers, saving and loading.  Finite differences for every gradient, and
 parity with PyTorch's modules, losses and optimisers."""
 import json
-import os
 import zipfile
 
 import numpy as np
@@ -10,9 +9,10 @@ import pytest
 
 import fastrnn
 from fastrnn import nn, optim
+from conftest import require
 from test_gradcheck import numeric_gradient
 
-torch = pytest.importorskip("torch") if os.environ.get("FASTRNN_REQUIRE_TORCH") != "1" else __import__("torch")
+torch = require("torch")
 
 
 # --- finite differences ----------------------------------------------------------
@@ -322,6 +322,12 @@ def test_save_load_round_trip(tmp_path):
     target = fastrnn.LSTM(3, 4, num_layers=2, bidirectional=True, dtype=np.float64)
     fastrnn.load(tmp_path / "lstm.npz", model=target)
     np.testing.assert_array_equal(target.eval()(x)[0], layer(x)[0])
+    # the GRU variant is part of the config
+    for cls in (fastrnn.GRU, fastrnn.GRUCell):
+        gru = cls(3, 4, reset_after=False)
+        gru.save(tmp_path / "gru.npz")
+        again = fastrnn.load(tmp_path / "gru.npz")
+        assert type(again) is cls and not again.reset_after
 
 
 def test_user_models_need_registration(tmp_path):

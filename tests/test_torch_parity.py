@@ -2,19 +2,14 @@
 weights: outputs, final states and every gradient (autograd against
 backward), float32 and float64.  Ragged batches against packed sequences.
 
-PyTorch is a test dependency only.  With FASTRNN_REQUIRE_TORCH=1 (set by
-.ci/run) a missing torch is an error, not a skip."""
-import os
+PyTorch is a test dependency only (see conftest.require)."""
 
 import numpy as np
 import pytest
 
-from conftest import MODES, backward_layer, make_cell, make_layer, run_layer
+from conftest import TORCH_MODES, require, backward_layer, make_cell, make_layer, run_layer
 
-if os.environ.get("FASTRNN_REQUIRE_TORCH") == "1":
-    import torch
-else:
-    torch = pytest.importorskip("torch")
+torch = require("torch")
 
 pytestmark = pytest.mark.torch
 
@@ -77,7 +72,7 @@ def check_against_torch(mode, dtype, layer, x, h0, c0, lengths, dy, dh_n, dc_n):
         np.testing.assert_allclose(layer.grads[name], w, err_msg=f"grad {name}", **TOL[dtype])
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", TORCH_MODES)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("num_layers", [1, 2, 3])
 @pytest.mark.parametrize("bidirectional", [False, True])
@@ -105,7 +100,7 @@ def test_layer_parity(mode, dtype, num_layers, bidirectional, batch_first, ragge
     check_against_torch(mode, dtype, layer, x, h0, c0, lengths, dy, dh_n, dc_n if mode == "LSTM" else None)
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", TORCH_MODES)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_unbatched_parity(mode, dtype):
     rng = np.random.default_rng(1)
@@ -118,7 +113,7 @@ def test_unbatched_parity(mode, dtype):
     check_against_torch(mode, dtype, layer, x, h0, c0, None, dy, dh_n, dc_n if mode == "LSTM" else None)
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", TORCH_MODES)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("bias", [True, False])
 def test_cell_parity(mode, dtype, bias):
