@@ -63,5 +63,11 @@ def require(module: str):
     return pytest.importorskip(module)
 
 
+def subprocess_env():
+    """Environment for a child Python that imports the same fastrnn as the
+    tests (installed, or built in place in the source tree)."""
+    return dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(fastrnn.__file__))))
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "torch: parity tests against PyTorch")

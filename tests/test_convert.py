@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import fastrnn
-from conftest import require
+from conftest import require, subprocess_env
 from fastrnn import convert
 
 torch = require("torch")
@@ -46,10 +46,11 @@ def max_error(got, want):
     return max(float(np.abs(np.asarray(g) - np.asarray(w)).max()) for g, w in zip(got, want))
 
 
-def test_convert_imports_no_framework():
+def test_convert_imports_no_framework(tmp_path):
     code = ("import sys, fastrnn, fastrnn.convert; "
             "print(sorted(m for m in ('torch', 'keras', 'onnx', 'onnxruntime') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=tmp_path, env=subprocess_env()).stdout
     assert out.strip() == "[]"
 
 

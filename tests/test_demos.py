@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import fastrnn
+from conftest import subprocess_env
 from fastrnn.__main__ import main as cli
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -58,10 +59,8 @@ def test_seq2seq_example_quick(tmp_path):
 
 
 def test_cli_runs_a_demo(tmp_path):
-    # the same fastrnn as the tests import (installed, or built in place)
-    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(fastrnn.__file__))))
     out = subprocess.run([sys.executable, "-m", "fastrnn", "demo", "forecast", "--quick", "--out", str(tmp_path)],
-                         capture_output=True, text=True, cwd=str(tmp_path), env=env)
+                         capture_output=True, text=True, cwd=str(tmp_path), env=subprocess_env())
     assert out.returncode == 0, out.stderr
     assert "held-out mean absolute error" in out.stdout
 
