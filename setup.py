@@ -3,10 +3,14 @@
 Environment switches:
   FASTRNN_DEBUG=1        Cython bounds and initialisation checks on, -O0 -g
   FASTRNN_NO_OPENMP=1    build without OpenMP (single-threaded)
-  FASTRNN_ARCH=...       value for -march (default: native for a local build;
-                         set FASTRNN_ARCH=none for a portable binary)
+  FASTRNN_ARCH=...       native (the default): for the machine building it;
+                         portable: for any CPU of the platform, plus, on
+                         x86-64, a second build of the kernels for x86-64-v3
+                         (AVX2, FMA) chosen at import (the wheels);
+                         none: no -march; anything else: the -march value
 """
 import os
+import platform
 import sys
 import tempfile
 import textwrap
@@ -17,6 +21,9 @@ from setuptools.command.build_ext import build_ext
 DEBUG = os.environ.get("FASTRNN_DEBUG", "") not in ("", "0")
 NO_OPENMP = os.environ.get("FASTRNN_NO_OPENMP", "") not in ("", "0")
 ARCH = os.environ.get("FASTRNN_ARCH", "native")
+X86_64 = platform.machine().lower() in ("x86_64", "amd64")
+# flags for the x86-64-v3 build of a portable build, by compiler: the first accepted
+AVX2_FLAGS = {"msvc": [["/arch:AVX2"]], "unix": [["-march=x86-64-v3"], ["-march=haswell"]]}
 
 # Cython directives, all in one place.
 DIRECTIVES = {
@@ -75,7 +82,7 @@ class BuildExt(build_ext):
                 # the pointwise loops read and write several rows through pointers:
                 # let gcc check them for overlap at run time and vectorise
                 cflags += ["--param", "vect-max-version-for-alias-checks=256"]
-            if ARCH and ARCH != "none" and compiler_accepts(compiler, [f"-march={ARCH}"], link=False):
+            if ARCH not in ("", "none", "portable") and compiler_accepts(compiler, [f"-march={ARCH}"], link=False):
                 cflags.append(f"-march={ARCH}")
             omp_compile, omp_link = ["-fopenmp"], ["-fopenmp"]
             if sys.platform == "darwin":
@@ -94,7 +101,15 @@ class BuildExt(build_ext):
             "cflags": " ".join(cflags + omp_compile),
             "openmp": use_openmp,
             "debug": DEBUG,
+            "arch": ARCH,
         }
+        avx2 = []
+        if any(ext.name.endswith("_avx2") for ext in self.extensions):
+            candidates = AVX2_FLAGS["msvc" if is_msvc else "unix"]
+            avx2 = next((flags for flags in candidates if compiler_accepts(compiler, flags, link=False)), None)
+            if avx2 is None:
+                raise RuntimeError(f"the compiler accepts none of {candidates} for the AVX2 build of the kernels")
+            build_info["cflags_avx2"] = " ".join(cflags + avx2 + omp_compile)
         # next to the compiled module: in the build tree, and in the sources
         # for an in-place build (setuptools builds in the tree, then copies)
         package_dirs = {os.path.dirname(self.get_ext_fullpath("fastrnn._recurrence"))}
@@ -106,7 +121,7 @@ class BuildExt(build_ext):
                 f.write("# Written by setup.py at build time.\n")
                 f.write(f"BUILD_INFO = {build_info!r}\n")
         for ext in self.extensions:
-            ext.extra_compile_args = cflags + omp_compile
+            ext.extra_compile_args = cflags + (avx2 if ext.name.endswith("_avx2") else []) + omp_compile
             ext.extra_link_args = omp_link
         super().build_extensions()
 
@@ -115,14 +130,12 @@ def extensions():
     from Cython.Build import cythonize
 
     here = os.path.dirname(os.path.abspath(__file__))
-    ext = Extension(
-        "fastrnn._recurrence",
-        sources=[os.path.join("fastrnn", "_recurrence.pyx")],
-        include_dirs=[os.path.join(here, "csrc")],
-        depends=[os.path.join("csrc", name) for name in os.listdir(os.path.join(here, "csrc"))]
-        + [os.path.join("fastrnn", "_common.pxd"), os.path.join("fastrnn", "_cells.pxd")],
-    )
-    return cythonize([ext], compiler_directives=DIRECTIVES, include_path=[here],
+    names = ["_recurrence"] + (["_recurrence_avx2"] if ARCH == "portable" and X86_64 else [])
+    depends = [os.path.join("csrc", name) for name in sorted(os.listdir(os.path.join(here, "csrc")))] + [
+        os.path.join("fastrnn", name) for name in ("_common.pxd", "_cells.pxd", "_recurrence.pyx")]
+    exts = [Extension(f"fastrnn.{name}", sources=[os.path.join("fastrnn", f"{name}.pyx")],
+                      include_dirs=[os.path.join(here, "csrc")], depends=depends) for name in names]
+    return cythonize(exts, compiler_directives=DIRECTIVES, include_path=[here],
                      annotate=os.environ.get("FASTRNN_ANNOTATE") == "1")
 
 

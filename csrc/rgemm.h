@@ -29,10 +29,18 @@
 #define FR_VECTOR_EXTENSIONS 0
 #endif
 
-#define FR_NR_F32 16
-#define FR_NR_F64 8
+/* A panel row is two vector registers: 2 x 8 floats with AVX's 32-byte
+ * registers, 2 x 4 with the 16 bytes of SSE2 or NEON (32-byte vectors there
+ * are emulated, and ran 40x slower, measured on the x86-64 baseline build). */
+#if defined(__AVX__)
+#define FR_VECTOR_BYTES 32
+#else
+#define FR_VECTOR_BYTES 16
+#endif
+#define FR_NR_F32 (2 * FR_VECTOR_BYTES / 4)
+#define FR_NR_F64 (2 * FR_VECTOR_BYTES / 8)
 
-static inline size_t fr_packed_len(long N, long K, long nr)
+static inline size_t fr_packed_len(ptrdiff_t N, ptrdiff_t K, ptrdiff_t nr)
 {
     return (size_t)((N + nr - 1) / nr) * (size_t)nr * (size_t)K;
 }
@@ -40,31 +48,31 @@ static inline size_t fr_packed_len(long N, long K, long nr)
 /* Panels [p0, p1) of W given as N x K rows (C = A @ W^T).  Several threads
  * may pack disjoint panel ranges of one buffer. */
 #define FR_DEFINE_PACK(T, SFX, NR)                                                   \
-static void fr_pack_rows_##SFX(T *Wp, const T *W, long ldw, long N, long K,          \
-                               long p0, long p1)                                     \
+static void fr_pack_rows_##SFX(T *Wp, const T *W, ptrdiff_t ldw, ptrdiff_t N, ptrdiff_t K,          \
+                               ptrdiff_t p0, ptrdiff_t p1)                                     \
 {                                                                                    \
-    for (long p = p0; p < p1; p++) {                                                 \
+    for (ptrdiff_t p = p0; p < p1; p++) {                                                 \
         T *dst = Wp + (size_t)p * K * NR;                                            \
         const T *src = W + (size_t)p * NR * ldw;                                     \
-        long nv = N - p * NR < NR ? N - p * NR : NR;                                 \
+        ptrdiff_t nv = N - p * NR < NR ? N - p * NR : NR;                                 \
         /* k outer: NR sequential read streams, sequential writes */                 \
-        for (long k = 0; k < K; k++) {                                               \
-            long r = 0;                                                              \
+        for (ptrdiff_t k = 0; k < K; k++) {                                               \
+            ptrdiff_t r = 0;                                                              \
             for (; r < nv; r++) dst[k * NR + r] = src[(size_t)r * ldw + k];          \
             for (; r < NR; r++) dst[k * NR + r] = 0;                                 \
         }                                                                            \
     }                                                                                \
 }                                                                                    \
 /* Panels [p0, p1) of S given as K x N rows (C = A @ S, i.e. W = S^T). */            \
-static void fr_pack_cols_##SFX(T *Wp, const T *S, long lds, long N, long K,          \
-                               long p0, long p1)                                     \
+static void fr_pack_cols_##SFX(T *Wp, const T *S, ptrdiff_t lds, ptrdiff_t N, ptrdiff_t K,          \
+                               ptrdiff_t p0, ptrdiff_t p1)                                     \
 {                                                                                    \
-    for (long p = p0; p < p1; p++) {                                                 \
+    for (ptrdiff_t p = p0; p < p1; p++) {                                                 \
         T *dst = Wp + (size_t)p * K * NR;                                            \
-        long n0 = p * NR, nv = N - n0 < NR ? N - n0 : NR;                            \
-        for (long k = 0; k < K; k++) {                                               \
+        ptrdiff_t n0 = p * NR, nv = N - n0 < NR ? N - n0 : NR;                            \
+        for (ptrdiff_t k = 0; k < K; k++) {                                               \
             const T *src = S + (size_t)k * lds + n0;                                 \
-            long r = 0;                                                              \
+            ptrdiff_t r = 0;                                                              \
             for (; r < nv; r++) dst[k * NR + r] = src[r];                            \
             for (; r < NR; r++) dst[k * NR + r] = 0;                                 \
         }                                                                            \
@@ -79,7 +87,7 @@ FR_DEFINE_PACK(double, f64, FR_NR_F64)
 #include <immintrin.h>
 
 /* Transpose the 8 x 8 block at src (row stride lds) into dst (row stride ldd). */
-static inline void fr_transpose8x8_ps(float *dst, long ldd, const float *src, long lds)
+static inline void fr_transpose8x8_ps(float *dst, ptrdiff_t ldd, const float *src, ptrdiff_t lds)
 {
     __m256 r0 = _mm256_loadu_ps(src + 0 * lds), r1 = _mm256_loadu_ps(src + 1 * lds);
     __m256 r2 = _mm256_loadu_ps(src + 2 * lds), r3 = _mm256_loadu_ps(src + 3 * lds);
@@ -105,48 +113,48 @@ static inline void fr_transpose8x8_ps(float *dst, long ldd, const float *src, lo
 
 /* pack_rows by 8 x 8 transposes (measured: 2-3x faster than the scalar loop);
  * partial panels and the last K % 8 columns take the scalar path. */
-static void fr_pack_rows_f32(float *Wp, const float *W, long ldw, long N, long K, long p0, long p1)
+static void fr_pack_rows_f32(float *Wp, const float *W, ptrdiff_t ldw, ptrdiff_t N, ptrdiff_t K, ptrdiff_t p0, ptrdiff_t p1)
 {
-    const long K8 = K - K % 8;
-    for (long p = p0; p < p1; p++) {
+    const ptrdiff_t K8 = K - K % 8;
+    for (ptrdiff_t p = p0; p < p1; p++) {
         if (N - p * FR_NR_F32 < FR_NR_F32) {
             fr_pack_rows_f32_scalar(Wp, W, ldw, N, K, p, p + 1);
             continue;
         }
         float *dst = Wp + (size_t)p * K * FR_NR_F32;
         const float *src = W + (size_t)p * FR_NR_F32 * ldw;
-        for (long k = 0; k < K8; k += 8) {
+        for (ptrdiff_t k = 0; k < K8; k += 8) {
             fr_transpose8x8_ps(dst + k * FR_NR_F32, FR_NR_F32, src + k, ldw);
             fr_transpose8x8_ps(dst + k * FR_NR_F32 + 8, FR_NR_F32, src + 8 * ldw + k, ldw);
         }
-        for (long k = K8; k < K; k++)
-            for (long r = 0; r < FR_NR_F32; r++) dst[k * FR_NR_F32 + r] = src[(size_t)r * ldw + k];
+        for (ptrdiff_t k = K8; k < K; k++)
+            for (ptrdiff_t r = 0; r < FR_NR_F32; r++) dst[k * FR_NR_F32 + r] = src[(size_t)r * ldw + k];
     }
 }
 /* dst (cols x rows, row stride ldd) = transpose of src (rows x cols, row stride lds) */
-static void fr_transpose_f32(float *dst, long ldd, const float *src, long lds, long rows, long cols)
+static void fr_transpose_f32(float *dst, ptrdiff_t ldd, const float *src, ptrdiff_t lds, ptrdiff_t rows, ptrdiff_t cols)
 {
-    const long r8 = rows - rows % 8, c8 = cols - cols % 8;
-    for (long r = 0; r < r8; r += 8)
-        for (long c = 0; c < c8; c += 8)
+    const ptrdiff_t r8 = rows - rows % 8, c8 = cols - cols % 8;
+    for (ptrdiff_t r = 0; r < r8; r += 8)
+        for (ptrdiff_t c = 0; c < c8; c += 8)
             fr_transpose8x8_ps(dst + c * ldd + r, ldd, src + r * lds + c, lds);
-    for (long r = 0; r < rows; r++)
-        for (long c = (r < r8 ? c8 : 0); c < cols; c++)
+    for (ptrdiff_t r = 0; r < rows; r++)
+        for (ptrdiff_t c = (r < r8 ? c8 : 0); c < cols; c++)
             dst[c * ldd + r] = src[r * lds + c];
 }
 #else
 #define fr_pack_rows_f32 fr_pack_rows_f32_scalar
-static void fr_transpose_f32(float *dst, long ldd, const float *src, long lds, long rows, long cols)
+static void fr_transpose_f32(float *dst, ptrdiff_t ldd, const float *src, ptrdiff_t lds, ptrdiff_t rows, ptrdiff_t cols)
 {
-    for (long r = 0; r < rows; r++)
-        for (long c = 0; c < cols; c++) dst[c * ldd + r] = src[r * lds + c];
+    for (ptrdiff_t r = 0; r < rows; r++)
+        for (ptrdiff_t c = 0; c < cols; c++) dst[c * ldd + r] = src[r * lds + c];
 }
 #endif
 
-static void fr_transpose_f64(double *dst, long ldd, const double *src, long lds, long rows, long cols)
+static void fr_transpose_f64(double *dst, ptrdiff_t ldd, const double *src, ptrdiff_t lds, ptrdiff_t rows, ptrdiff_t cols)
 {
-    for (long r = 0; r < rows; r++)
-        for (long c = 0; c < cols; c++) dst[c * ldd + r] = src[r * lds + c];
+    for (ptrdiff_t r = 0; r < rows; r++)
+        for (ptrdiff_t c = 0; c < cols; c++) dst[c * ldd + r] = src[r * lds + c];
 }
 
 /* Write (or add) a kernel's R x NR block to C, only the first ncols columns. */
@@ -154,16 +162,16 @@ static void fr_transpose_f64(double *dst, long ldd, const double *src, long lds,
     for (int r_ = 0; r_ < (R); r_++) {                                               \
         T *c_ = (C) + (size_t)r_ * (ldc);                                            \
         const T *t_ = (tile) + r_ * NR;                                              \
-        if (accumulate) { for (long j_ = 0; j_ < (ncols); j_++) c_[j_] += t_[j_]; }  \
-        else { for (long j_ = 0; j_ < (ncols); j_++) c_[j_] = t_[j_]; }              \
+        if (accumulate) { for (ptrdiff_t j_ = 0; j_ < (ncols); j_++) c_[j_] += t_[j_]; }  \
+        else { for (ptrdiff_t j_ = 0; j_ < (ncols); j_++) c_[j_] = t_[j_]; }              \
     }
 
 #if FR_VECTOR_EXTENSIONS
 
-typedef float fr_vf __attribute__((vector_size(32)));
-typedef float fr_vf_u __attribute__((vector_size(32), aligned(4)));
-typedef double fr_vd __attribute__((vector_size(32)));
-typedef double fr_vd_u __attribute__((vector_size(32), aligned(8)));
+typedef float fr_vf __attribute__((vector_size(FR_VECTOR_BYTES)));
+typedef float fr_vf_u __attribute__((vector_size(FR_VECTOR_BYTES), aligned(4)));
+typedef double fr_vd __attribute__((vector_size(FR_VECTOR_BYTES)));
+typedef double fr_vd_u __attribute__((vector_size(FR_VECTOR_BYTES), aligned(8)));
 
 /* Kernel of R rows x P panels: 2*R*P vector accumulators (at most 12 so that
  * they stay in the 16 registers of AVX2 with the operands).  Not inlined: in
@@ -176,15 +184,15 @@ typedef double fr_vd_u __attribute__((vector_size(32), aligned(8)));
 #endif
 #define FR_DEFINE_KERNEL(T, SFX, V, VU, NR, R, P)                                    \
 static FR_NOINLINE void fr_kernel_##SFX##_##R##x##P(                                 \
-    long K, const T *A, long lda, const T *Wp, T *C, long ldc,                       \
-    int accumulate, long ncols, const T *bias)                                       \
+    ptrdiff_t K, const T *A, ptrdiff_t lda, const T *Wp, T *C, ptrdiff_t ldc,                       \
+    int accumulate, ptrdiff_t ncols, const T *bias)                                       \
 {                                                                                    \
     V acc[R][2 * P];                                                                 \
     const size_t pstride = (size_t)K * NR;                                           \
     for (int r = 0; r < R; r++)                                                      \
         for (int v = 0; v < 2 * P; v++) acc[r][v] = (V){0};                          \
     _Pragma("GCC unroll 2")  /* measured: 86 -> 98 GFLOP/s at M=64, K=512 on Zen 3 */ \
-    for (long k = 0; k < K; k++) {                                                   \
+    for (ptrdiff_t k = 0; k < K; k++) {                                                   \
         V w[2 * P];                                                                  \
         for (int p = 0; p < P; p++) {                                                \
             w[2 * p] = *(const VU *)(Wp + p * pstride + k * NR);                     \
@@ -202,7 +210,7 @@ static FR_NOINLINE void fr_kernel_##SFX##_##R##x##P(                            
         }                                                                            \
     }                                                                                \
     for (int p = 0; p < P; p++) {                                                    \
-        long nc = ncols - p * NR;                                                    \
+        ptrdiff_t nc = ncols - p * NR;                                                    \
         T *cp = C + p * NR;                                                          \
         if (nc >= NR) {                                                              \
             for (int r = 0; r < R; r++) {                                            \
@@ -225,17 +233,17 @@ static FR_NOINLINE void fr_kernel_##SFX##_##R##x##P(                            
 
 #define FR_DEFINE_KERNEL(T, SFX, V, VU, NR, R, P)                                    \
 static inline void fr_kernel_##SFX##_##R##x##P(                                      \
-    long K, const T *A, long lda, const T *Wp, T *C, long ldc,                       \
-    int accumulate, long ncols, const T *bias)                                       \
+    ptrdiff_t K, const T *A, ptrdiff_t lda, const T *Wp, T *C, ptrdiff_t ldc,                       \
+    int accumulate, ptrdiff_t ncols, const T *bias)                                       \
 {                                                                                    \
     const size_t pstride = (size_t)K * NR;                                           \
     for (int p = 0; p < P; p++) {                                                    \
         T tile[R * NR];                                                              \
-        long nc = ncols - p * NR;                                                    \
+        ptrdiff_t nc = ncols - p * NR;                                                    \
         if (nc <= 0) break;                                                          \
         if (nc > NR) nc = NR;                                                        \
         for (int i = 0; i < R * NR; i++) tile[i] = 0;                                \
-        for (long k = 0; k < K; k++)                                                 \
+        for (ptrdiff_t k = 0; k < K; k++)                                                 \
             for (int r = 0; r < R; r++) {                                            \
                 T a = A[r * lda + k];                                                \
                 for (int j = 0; j < NR; j++)                                         \
@@ -271,18 +279,18 @@ FR_DEFINE_KERNEL(T, SFX, V, VU, NR, 1, 1)                                       
  * W packed; bias (N rounded up to whole panels) or NULL.  ldp is the K extent the   \
  * panels were packed with (K itself, or more when Wp points at row k0 of panels    \
  * packed for a longer K). */                                                        \
-static void fr_rgemm_ldp_##SFX(long M, long N, long K, const T *A, long lda,         \
-                               const T *Wp, long ldp, T *C, long ldc, int accumulate, \
+static void fr_rgemm_ldp_##SFX(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T *A, ptrdiff_t lda,         \
+                               const T *Wp, ptrdiff_t ldp, T *C, ptrdiff_t ldc, int accumulate, \
                                const T *bias)                                        \
 {                                                                                    \
-    const long np = (N + NR - 1) / NR, full = M - M % 6, rest = M % 6;               \
+    const ptrdiff_t np = (N + NR - 1) / NR, full = M - M % 6, rest = M % 6;               \
     const size_t pstride = (size_t)ldp * NR;                                         \
     /* blocks of 6 rows; groups of 4 panels outer, so that a group's panels stay    \
      * in cache for all the blocks */                                                \
-    for (long g = 0; g < np; g += 4) {                                               \
-        const long gp = np - g < 4 ? np - g : 4;                                     \
-        for (long m = 0; m < full; m += 6)                                           \
-            for (long p = g; p < g + gp; p++)                                        \
+    for (ptrdiff_t g = 0; g < np; g += 4) {                                               \
+        const ptrdiff_t gp = np - g < 4 ? np - g : 4;                                     \
+        for (ptrdiff_t m = 0; m < full; m += 6)                                           \
+            for (ptrdiff_t p = g; p < g + gp; p++)                                        \
                 fr_kernel_##SFX##_6x1(K, A + m * lda, lda, Wp + p * pstride,         \
                                       C + m * ldc + p * NR, ldc, accumulate,         \
                                       N - p * NR, bias ? bias + p * NR : bias);      \
@@ -292,11 +300,11 @@ static void fr_rgemm_ldp_##SFX(long M, long N, long K, const T *A, long lda,    
     /* the last 1 to 5 rows, across all the panels */                                \
     const T *a = A + full * lda;                                                     \
     T *c = C + full * ldc;                                                           \
-    for (long p = 0; p < np; ) {                                                     \
+    for (ptrdiff_t p = 0; p < np; ) {                                                     \
         const T *wp = Wp + p * pstride;                                              \
         T *cp = c + p * NR;                                                          \
         const T *b = bias ? bias + p * NR : bias;                                    \
-        const long left = np - p, nc = N - p * NR;                                   \
+        const ptrdiff_t left = np - p, nc = N - p * NR;                                   \
         if (rest == 5) { fr_kernel_##SFX##_5x1(K, a, lda, wp, cp, ldc, accumulate, nc, b); p += 1; } \
         else if (rest == 4) { fr_kernel_##SFX##_4x1(K, a, lda, wp, cp, ldc, accumulate, nc, b); p += 1; } \
         else if (rest == 3 && left >= 2) { fr_kernel_##SFX##_3x2(K, a, lda, wp, cp, ldc, accumulate, nc, b); p += 2; } \
@@ -310,8 +318,8 @@ static void fr_rgemm_ldp_##SFX(long M, long N, long K, const T *A, long lda,    
         else { fr_kernel_##SFX##_1x1(K, a, lda, wp, cp, ldc, accumulate, nc, b); p += 1; } \
     }                                                                                \
 }                                                                                    \
-static inline void fr_rgemm_##SFX(long M, long N, long K, const T *A, long lda,      \
-                                  const T *Wp, T *C, long ldc, int accumulate,       \
+static inline void fr_rgemm_##SFX(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T *A, ptrdiff_t lda,      \
+                                  const T *Wp, T *C, ptrdiff_t ldc, int accumulate,       \
                                   const T *bias)                                     \
 {                                                                                    \
     fr_rgemm_ldp_##SFX(M, N, K, A, lda, Wp, K, C, ldc, accumulate, bias);            \

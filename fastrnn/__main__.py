@@ -11,7 +11,7 @@ import importlib
 import sys
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     from fastrnn.demos import DEMOS
 
     parser = argparse.ArgumentParser(prog="fastrnn", description="fast CPU recurrent networks for NumPy")

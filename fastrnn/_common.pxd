@@ -17,21 +17,21 @@ cdef extern from "rgemm.h" nogil:
     enum:
         FR_NR_F32
         FR_NR_F64
-    size_t fr_packed_len(long N, long K, long nr)
-    void fr_pack_rows_f32(float *Wp, const float *W, long ldw, long N, long K, long p0, long p1)
-    void fr_pack_rows_f64(double *Wp, const double *W, long ldw, long N, long K, long p0, long p1)
-    void fr_pack_cols_f32(float *Wp, const float *S, long lds, long N, long K, long p0, long p1)
-    void fr_pack_cols_f64(double *Wp, const double *S, long lds, long N, long K, long p0, long p1)
-    void fr_rgemm_f32(long M, long N, long K, const float *A, long lda,
-                      const float *Wp, float *C, long ldc, int accumulate, const float *bias)
-    void fr_rgemm_f64(long M, long N, long K, const double *A, long lda,
-                      const double *Wp, double *C, long ldc, int accumulate, const double *bias)
-    void fr_rgemm_ldp_f32(long M, long N, long K, const float *A, long lda, const float *Wp, long ldp,
-                          float *C, long ldc, int accumulate, const float *bias)
-    void fr_rgemm_ldp_f64(long M, long N, long K, const double *A, long lda, const double *Wp, long ldp,
-                          double *C, long ldc, int accumulate, const double *bias)
-    void fr_transpose_f32(float *dst, long ldd, const float *src, long lds, long rows, long cols)
-    void fr_transpose_f64(double *dst, long ldd, const double *src, long lds, long rows, long cols)
+    size_t fr_packed_len(Py_ssize_t N, Py_ssize_t K, Py_ssize_t nr)
+    void fr_pack_rows_f32(float *Wp, const float *W, Py_ssize_t ldw, Py_ssize_t N, Py_ssize_t K, Py_ssize_t p0, Py_ssize_t p1)
+    void fr_pack_rows_f64(double *Wp, const double *W, Py_ssize_t ldw, Py_ssize_t N, Py_ssize_t K, Py_ssize_t p0, Py_ssize_t p1)
+    void fr_pack_cols_f32(float *Wp, const float *S, Py_ssize_t lds, Py_ssize_t N, Py_ssize_t K, Py_ssize_t p0, Py_ssize_t p1)
+    void fr_pack_cols_f64(double *Wp, const double *S, Py_ssize_t lds, Py_ssize_t N, Py_ssize_t K, Py_ssize_t p0, Py_ssize_t p1)
+    void fr_rgemm_f32(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float *A, Py_ssize_t lda,
+                      const float *Wp, float *C, Py_ssize_t ldc, int accumulate, const float *bias)
+    void fr_rgemm_f64(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const double *A, Py_ssize_t lda,
+                      const double *Wp, double *C, Py_ssize_t ldc, int accumulate, const double *bias)
+    void fr_rgemm_ldp_f32(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float *A, Py_ssize_t lda, const float *Wp, Py_ssize_t ldp,
+                          float *C, Py_ssize_t ldc, int accumulate, const float *bias)
+    void fr_rgemm_ldp_f64(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const double *A, Py_ssize_t lda, const double *Wp, Py_ssize_t ldp,
+                          double *C, Py_ssize_t ldc, int accumulate, const double *bias)
+    void fr_transpose_f32(float *dst, Py_ssize_t ldd, const float *src, Py_ssize_t lds, Py_ssize_t rows, Py_ssize_t cols)
+    void fr_transpose_f64(double *dst, Py_ssize_t ldd, const double *src, Py_ssize_t lds, Py_ssize_t rows, Py_ssize_t cols)
 
 
 cdef extern from "omp_compat.h" nogil:
@@ -42,6 +42,11 @@ cdef extern from "omp_compat.h" nogil:
     int fr_omp_get_num_threads()
     void fr_omp_barrier()
     double fr_omp_get_wtime()
+
+
+cdef extern from "cpu.h" nogil:
+    int fr_cpu_has_avx2_fma()
+    const char *fr_compiled_for()
 
 
 cdef extern from "barrier.h" nogil:

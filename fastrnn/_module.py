@@ -7,9 +7,12 @@ lists of modules): its parameters are theirs, named by the attribute path, as
 in PyTorch ("encoder.weight_ih_l0", "layers.0.weight")."""
 from __future__ import annotations
 
-from typing import Iterator, Mapping
+import os
+from typing import Any, Iterator, Mapping, TypeVar
 
 import numpy as np
+
+M = TypeVar("M", bound="Module")
 
 
 class Module:
@@ -17,7 +20,7 @@ class Module:
     state_dict.  `params` and `grads` hold the live arrays (an optimiser
     updates them in place); `state_dict()` returns copies."""
 
-    def __init__(self, dtype=None) -> None:
+    def __init__(self, dtype: Any = None) -> None:
         self.dtype = None if dtype is None else np.dtype(dtype)
         self.training = True
         self._params: dict[str, np.ndarray] = {}
@@ -43,7 +46,7 @@ class Module:
                         yield f"{name}.{i}", item
 
     def _named(self, which: str) -> dict[str, np.ndarray]:
-        own = getattr(self, which)
+        own: dict[str, np.ndarray] = getattr(self, which)
         children = list(self.children())
         if not children:
             return own
@@ -71,7 +74,7 @@ class Module:
         """Copies of the parameters, with PyTorch's names and shapes."""
         return {name: value.copy() for name, value in self.params.items()}
 
-    def load_state_dict(self, state_dict: Mapping) -> None:
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Copy parameters in from a mapping of name -> array-like (ndarrays,
         lists, CPU tensors).  Every key must be present and no other; shapes
         must match.  Nothing is changed unless everything checks out."""
@@ -104,7 +107,7 @@ class Module:
 
     # --- modes -----------------------------------------------------------------
 
-    def train(self, mode: bool = True):
+    def train(self: M, mode: bool = True) -> M:
         """Training mode: forward keeps what backward needs.  Returns self."""
         self.training = bool(mode)
         if not self.training:
@@ -113,7 +116,7 @@ class Module:
             child.train(mode)
         return self
 
-    def eval(self):
+    def eval(self: M) -> M:
         """Inference mode: forward keeps nothing.  Returns self."""
         return self.train(False)
 
@@ -122,7 +125,7 @@ class Module:
 
     # --- saving ------------------------------------------------------------------
 
-    def get_config(self) -> dict:
+    def get_config(self) -> dict[str, Any]:
         """The constructor's arguments, JSON-serialisable: the module is
         rebuilt as type(self)(**config) when loaded.  Composite models define
         it for fastrnn.load to rebuild them."""
@@ -132,7 +135,7 @@ class Module:
                                       f"fastrnn.load(path, model=...) to load its parameters into it")
         return dict(config)
 
-    def save(self, path) -> None:
+    def save(self, path: str | os.PathLike[str]) -> None:
         """Save as .npz: parameters and config (see fastrnn.save)."""
         from fastrnn.io import save
         save(path, self)

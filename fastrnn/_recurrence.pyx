@@ -43,8 +43,8 @@ from libc.string cimport memcpy
 
 from fastrnn._common cimport (
     floating, sigmoid, tanh, relu, rgemm, transpose, pack_rows, pack_cols, panel_width, fr_packed_len,
-    FR_HAVE_OPENMP, fr_omp_get_max_threads, fr_omp_get_thread_num, fr_omp_get_num_threads,
-    fr_omp_barrier, fr_omp_get_wtime, fr_barrier, fr_barrier_init, fr_barrier_wait)
+    FR_HAVE_OPENMP, fr_cpu_has_avx2_fma, fr_compiled_for, fr_omp_get_max_threads, fr_omp_get_thread_num,
+    fr_omp_get_num_threads, fr_omp_barrier, fr_omp_get_wtime, fr_barrier, fr_barrier_init, fr_barrier_wait)
 from fastrnn._cells cimport (
     rnn_forward_step, rnn_backward_step, lstm_forward_step, lstm_backward_step,
     gru_forward_step, gru_backward_step, gru_reset_before_reset_step, gru_reset_before_forward_step,
@@ -79,6 +79,16 @@ def parallel_threshold(flops=None):
     if flops is not None:
         MIN_PARALLEL_FLOPS = float(flops)
     return previous
+
+
+def cpu_has_avx2_fma():
+    """Whether this CPU runs AVX2 and FMA code (fastrnn._kernels asks)."""
+    return bool(fr_cpu_has_avx2_fma())
+
+
+def compiled_for():
+    """The instruction sets this module was compiled for."""
+    return fr_compiled_for().decode()
 
 
 def openmp_enabled():

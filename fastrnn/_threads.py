@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import platform
 import sys
+from typing import IO, Any
 
 __all__ = ["set_num_threads", "get_num_threads", "show_config"]
 
@@ -55,32 +56,84 @@ def _cpu_features() -> list[str]:
     return []
 
 
-def show_config(file=None) -> dict:
+def _openmp_runtime() -> str | None:
+    """Path of the OpenMP runtime loaded in this process (Linux: from
+    /proc/self/maps; a wheel carries its own libgomp, in fastrnn.libs)."""
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                path = line.split()[-1] if len(line.split()) >= 6 else ""
+                if any(name in os.path.basename(path) for name in ("libgomp", "libomp", "libiomp")):
+                    return path
+    except OSError:
+        pass
+    return None
+
+
+def _numpy_blas() -> dict[str, Any]:
+    """NumPy's BLAS (what fastrnn.nn.Linear and the losses use through
+    numpy.matmul), with its threading when threadpoolctl is installed."""
+    import numpy as np
+    info: dict[str, Any] = {}
+    try:
+        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        info = {"name": blas.get("name"), "version": blas.get("version")}
+    except Exception:  # older NumPy: no mode="dicts"
+        pass
+    try:
+        import threadpoolctl
+    except ImportError:
+        return info
+    for pool in threadpoolctl.threadpool_info():
+        if pool.get("user_api") == "blas":
+            info.update(internal_api=pool.get("internal_api"), num_threads=pool.get("num_threads"),
+                        threading_layer=pool.get("threading_layer"))
+            break
+    return info
+
+
+def show_config(file: IO[str] | None = None) -> dict[str, Any]:
     """Print and return how fastrnn was built and what it runs with: version,
-    compiler and flags, OpenMP, thread count, CPU features."""
-    from fastrnn import __version__, _recurrence
+    compiler and flags, kernel build in use, OpenMP and its runtime, thread
+    count, matrix products and NumPy's BLAS, CPU features."""
+    from fastrnn import __version__
+    from fastrnn._kernels import recurrence as _recurrence, variant
     try:
         from fastrnn._build_info import BUILD_INFO
     except ImportError:  # built by something other than setup.py
         BUILD_INFO = {}
 
-    config = {
+    cflags = BUILD_INFO.get("cflags_avx2") if variant == "avx2" else BUILD_INFO.get("cflags")
+    config: dict[str, Any] = {
         "version": __version__,
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "compiler": BUILD_INFO.get("compiler"),
-        "cflags": BUILD_INFO.get("cflags"),
+        "cflags": cflags,
+        "kernels": variant,
+        "kernels_compiled_for": _recurrence.compiled_for(),
         "openmp": _recurrence.openmp_enabled(),
+        "openmp_runtime": _openmp_runtime(),
         "openmp_max_threads": _recurrence.openmp_max_threads(),
         "num_threads": get_num_threads(),
-        "matrix_products": "fastrnn's packed kernels (csrc/rgemm.h); no BLAS",
+        "matrix_products": "fastrnn's packed kernels (csrc/rgemm.h), no BLAS",
+        "numpy_blas": _numpy_blas(),
         "cpu_features": _cpu_features(),
     }
     out = file if file is not None else sys.stdout
+    blas = config["numpy_blas"]
+    blas_text = " ".join(str(blas[k]) for k in ("name", "version") if blas.get(k)) or "unknown"
+    if blas.get("num_threads") is not None:
+        blas_text += f", {blas['num_threads']} threads ({blas.get('threading_layer')})"
+    openmp = "on" if config["openmp"] else "OFF (single-threaded build)"
+    if config["openmp"] and config["openmp_runtime"]:
+        openmp += f", runtime {config['openmp_runtime']}"
     print(f"fastrnn {config['version']} (Python {config['python']}, {config['platform']})", file=out)
     print(f"  compiler: {config['compiler']}  flags: {config['cflags']}", file=out)
-    print(f"  OpenMP: {'on' if config['openmp'] else 'OFF (single-threaded build)'}", file=out)
+    print(f"  kernels: {config['kernels']} build, compiled for {config['kernels_compiled_for']}", file=out)
+    print(f"  OpenMP: {openmp}", file=out)
     print(f"  threads: {config['num_threads']} (fastrnn.set_num_threads)", file=out)
     print(f"  matrix products: {config['matrix_products']}", file=out)
+    print(f"  NumPy BLAS (nn.Linear, losses): {blas_text}", file=out)
     print(f"  CPU features: {' '.join(config['cpu_features']) or 'unknown'}", file=out)
     return config

@@ -11,27 +11,36 @@ The step runs the same compiled kernel as the layers, on a sequence of one step.
 """
 from __future__ import annotations
 
-import numpy as np
+from typing import Any, Optional, Union
 
-from fastrnn import _recurrence
+import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
+
+from fastrnn._kernels import recurrence as _recurrence
 from fastrnn._checks import as_float_array, check_bool, check_dtype, check_shape, check_size, make_rng
 from fastrnn._module import Module
 from fastrnn._threads import get_num_threads
 
 __all__ = ["RNNCell", "LSTMCell", "GRUCell"]
 
+Seed = Union[int, np.random.Generator, None]
+
 
 class _Step:
     """What a training forward step keeps for its backward."""
     __slots__ = ("batched", "x", "gates", "saved", "h_prev", "c_0")
 
-    def __init__(self, batched, x, gates, saved, h_prev, c_0):
+    def __init__(self, batched: bool, x: np.ndarray, gates: np.ndarray, saved: np.ndarray,
+                 h_prev: np.ndarray, c_0: np.ndarray) -> None:
         self.batched, self.x, self.gates, self.saved, self.h_prev, self.c_0 = (
             batched, x, gates, saved, h_prev, c_0)
 
 
 class _CellBase(Module):
-    def __init__(self, mode: str, input_size: int, hidden_size: int, bias: bool, dtype, seed) -> None:
+    dtype: np.dtype[Any]
+
+    def __init__(self, mode: str, input_size: int, hidden_size: int, bias: bool, dtype: DTypeLike,
+                 seed: Seed) -> None:
         super().__init__(check_dtype(dtype))
         self.mode = mode
         self.input_size = check_size("input_size", input_size)
@@ -70,7 +79,7 @@ class _CellBase(Module):
     def _drop_tape(self) -> None:
         self._steps.clear()
 
-    def _check_input(self, x):
+    def _check_input(self, x: ArrayLike) -> tuple[np.ndarray, bool]:
         x = as_float_array("x", x, self.dtype)
         if x.ndim not in (1, 2):
             raise ValueError(f"x must be 2-D (batch, input_size) or 1-D (input_size,) unbatched, "
@@ -83,7 +92,7 @@ class _CellBase(Module):
             raise ValueError(f"x must hold at least one row, got shape {x.shape}")
         return np.ascontiguousarray(x), batched
 
-    def _check_state(self, name: str, value, B: int, batched: bool) -> np.ndarray:
+    def _check_state(self, name: str, value: Optional[ArrayLike], B: int, batched: bool) -> np.ndarray:
         H = self.hidden_size
         if value is None:
             return np.zeros((B, H), dtype=self.dtype)
@@ -94,13 +103,14 @@ class _CellBase(Module):
         check_shape(name, value, (H,), "hidden_size for unbatched input")
         return np.ascontiguousarray(value[None, :])
 
-    def _weights(self):
+    def _weights(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         p = self._params
         if self.bias:
             return p["weight_ih"], p["weight_hh"], p["bias_ih"], p["bias_hh"]
         return p["weight_ih"], p["weight_hh"], self._zero_bias, self._zero_bias
 
-    def _step_forward(self, user_x, hx, user_c):
+    def _step_forward(self, user_x: ArrayLike, hx: Optional[ArrayLike],
+                      user_c: Optional[ArrayLike]) -> tuple[np.ndarray, np.ndarray]:
         x, batched = self._check_input(user_x)
         B, H, G = x.shape[0], self.hidden_size, _recurrence.GATES[self._cell]
         is_lstm = self.mode == "LSTM"
@@ -119,7 +129,8 @@ class _CellBase(Module):
         # the RNN keeps no gates: its backward turns saved (h') into them
         gates = saved if training and G == 1 else np.empty((B, G * H) if training else (0, G * H), dtype=dtype)
         h_prev = np.empty((B, H), dtype=dtype) if training else self._no_rows
-        _recurrence.forward(self._cell, y, h_new, c_new, gates, saved, h_prev, x, *self._weights(),
+        w_ih, w_hh, b_ih, b_hh = self._weights()
+        _recurrence.forward(self._cell, y, h_new, c_new, gates, saved, h_prev, x, w_ih, w_hh, b_ih, b_hh,
                             h, c, np.array([B], dtype=np.intp), False, get_num_threads())
         if training:
             self._steps.append(_Step(batched, x, gates, saved, h_prev, c))
@@ -127,7 +138,8 @@ class _CellBase(Module):
             h_new, c_new = h_new[0], c_new[0] if is_lstm else c_new
         return h_new, c_new
 
-    def _step_backward(self, dh, dc):
+    def _step_backward(self, dh: Optional[ArrayLike],
+                       dc: Optional[ArrayLike]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if not self._steps:
             why = "the cell is in eval mode" if not self.training else "every forward step has had its backward"
             raise ValueError(f"backward: no stored forward step to differentiate ({why}); call the cell "
@@ -159,14 +171,14 @@ class _CellBase(Module):
 class _HiddenStateCell(_CellBase):
     """A cell whose state is h alone (RNN, GRU)."""
 
-    def __call__(self, x, hx=None):
+    def __call__(self, x: ArrayLike, hx: Optional[ArrayLike] = None) -> np.ndarray:
         return self.forward(x, hx)
 
-    def forward(self, x, hx=None):
+    def forward(self, x: ArrayLike, hx: Optional[ArrayLike] = None) -> np.ndarray:
         """x (B, input_size) or (input_size,); hx (B, hidden_size) or None (zeros). Returns h'."""
         return self._step_forward(x, hx, None)[0]
 
-    def backward(self, dh=None):
+    def backward(self, dh: Optional[ArrayLike] = None) -> tuple[np.ndarray, np.ndarray]:
         """Backward of the latest forward step: dh the gradient of h'.
         Adds into `grads`; returns dx, dh_prev."""
         dx, dh_prev, _ = self._step_backward(dh, None)
@@ -177,7 +189,7 @@ class RNNCell(_HiddenStateCell):
     """h' = act(x W_ih^T + b_ih + h W_hh^T + b_hh), act tanh or relu."""
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, nonlinearity: str = "tanh",
-                 dtype=np.float32, seed=None) -> None:
+                 dtype: DTypeLike = np.float32, seed: Seed = None) -> None:
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
         self.nonlinearity = nonlinearity
@@ -189,8 +201,8 @@ class GRUCell(_HiddenStateCell):
     """GRU step, gates r, z, n (PyTorch's GRUCell); reset_after=False is the
     other GRU, as in fastrnn.GRU."""
 
-    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, dtype=np.float32,
-                 seed=None, reset_after: bool = True) -> None:
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, dtype: DTypeLike = np.float32,
+                 seed: Seed = None, reset_after: bool = True) -> None:
         mode = "GRU" if check_bool("reset_after", reset_after) else "GRU_RESET_BEFORE"
         super().__init__(mode, input_size, hidden_size, bias, dtype, seed)
 
@@ -202,14 +214,16 @@ class GRUCell(_HiddenStateCell):
 class LSTMCell(_CellBase):
     """LSTM step, gates i, f, g, o (PyTorch's LSTMCell)."""
 
-    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, dtype=np.float32,
-                 seed=None) -> None:
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, dtype: DTypeLike = np.float32,
+                 seed: Seed = None) -> None:
         super().__init__("LSTM", input_size, hidden_size, bias, dtype, seed)
 
-    def __call__(self, x, hx=None):
+    def __call__(self, x: ArrayLike,
+                 hx: Optional[tuple[ArrayLike, ArrayLike]] = None) -> tuple[np.ndarray, np.ndarray]:
         return self.forward(x, hx)
 
-    def forward(self, x, hx=None):
+    def forward(self, x: ArrayLike,
+                hx: Optional[tuple[ArrayLike, ArrayLike]] = None) -> tuple[np.ndarray, np.ndarray]:
         """x (B, input_size) or (input_size,); hx a tuple (h, c) or None (zeros).
         Returns (h', c')."""
         if hx is None:
@@ -220,7 +234,8 @@ class LSTMCell(_CellBase):
             raise TypeError(f"hx for LSTMCell must be a tuple (h, c), got {type(hx).__name__}")
         return self._step_forward(x, h, c)
 
-    def backward(self, dh=None, dc=None):
+    def backward(self, dh: Optional[ArrayLike] = None,
+                 dc: Optional[ArrayLike] = None) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
         """Backward of the latest forward step: dh, dc the gradients of h', c'.
         Adds into `grads`; returns dx, (dh_prev, dc_prev)."""
         dx, dh_prev, dc_prev = self._step_backward(dh, dc)

@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Iterable, Mapping, Union
+from typing import Any, Iterable, Mapping, Union
 
 import numpy as np
 
 __all__ = ["clip_grad_norm", "clip_grad_value"]
 
-Grads = Union[Mapping[str, np.ndarray], np.ndarray, Iterable]
+Grads = Union[Mapping[str, np.ndarray], np.ndarray, Iterable[Any]]
 
 
 def _arrays(grads: Grads) -> list[np.ndarray]:
     """The gradient arrays in grads: a dict of arrays (a layer's .grads), an
     array, or an iterable of arrays and dicts."""
     if isinstance(grads, np.ndarray):
-        items = [grads]
+        items: list[Any] = [grads]
     elif isinstance(grads, Mapping):
         items = list(grads.values())
     else:
@@ -35,7 +35,7 @@ def _arrays(grads: Grads) -> list[np.ndarray]:
     return items
 
 
-def _check_number(name: str, value, minimum: float = 0.0) -> float:
+def _check_number(name: str, value: object, minimum: float = 0.0) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
     value = float(value)

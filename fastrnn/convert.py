@@ -24,9 +24,11 @@ extra installs them).
 from __future__ import annotations
 
 import warnings
-from typing import Any, Sequence
+import os
+from typing import TYPE_CHECKING, Any, Callable, Sequence, Union
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 from fastrnn.cells import GRUCell, LSTMCell, RNNCell
 from fastrnn.layers import GRU, LSTM, RNN, _suffix
@@ -34,7 +36,10 @@ from fastrnn.layers import GRU, LSTM, RNN, _suffix
 __all__ = ["from_torch", "to_torch", "from_keras", "from_keras_weights", "keras_weights", "to_keras",
            "to_onnx", "from_onnx"]
 
-Layer = Any  # a fastrnn RNN, LSTM or GRU
+Layer = Union[RNN, LSTM, GRU]
+Cell = Union[RNNCell, LSTMCell, GRUCell]
+if TYPE_CHECKING:
+    import onnx
 
 # Gate blocks of one format in another's order: new[k] = old[ORDER[k]].
 _KERAS_GRU = [1, 0, 2]          # PyTorch r, z, n <-> Keras z, r, h (its own inverse)
@@ -68,8 +73,8 @@ def _layer_params(layer: Layer, k: int, d: int) -> tuple[np.ndarray, np.ndarray,
 
 
 def _build(kind: str, input_size: int, hidden_size: int, num_layers: int, bidirectional: bool, bias: bool,
-           dtype, batch_first: bool, nonlinearity: str = "tanh", reset_after: bool = True) -> Layer:
-    common = dict(num_layers=num_layers, bias=bias, batch_first=batch_first, bidirectional=bidirectional,
+           dtype: DTypeLike, batch_first: bool, nonlinearity: str = "tanh", reset_after: bool = True) -> Layer:
+    common: dict[str, Any] = dict(num_layers=num_layers, bias=bias, batch_first=batch_first, bidirectional=bidirectional,
                   dtype=dtype, seed=0)
     if kind == "RNN":
         return RNN(input_size, hidden_size, nonlinearity=nonlinearity, **common)
@@ -78,8 +83,8 @@ def _build(kind: str, input_size: int, hidden_size: int, num_layers: int, bidire
     return LSTM(input_size, hidden_size, **common)
 
 
-def _float_dtype(a: np.ndarray):
-    return np.float64 if a.dtype == np.float64 else np.float32
+def _float_dtype(a: np.ndarray) -> np.dtype[Any]:
+    return np.dtype(np.float64 if a.dtype == np.float64 else np.float32)
 
 
 # --- PyTorch ------------------------------------------------------------------
@@ -88,7 +93,7 @@ _TORCH_LAYERS = {"RNN": RNN, "LSTM": LSTM, "GRU": GRU}
 _TORCH_CELLS = {"RNNCell": RNNCell, "LSTMCell": LSTMCell, "GRUCell": GRUCell}
 
 
-def from_torch(module) -> Layer:
+def from_torch(module: Any) -> Layer | Cell:
     """A fastrnn layer or cell equal to a torch.nn.RNN, LSTM, GRU, RNNCell,
     LSTMCell or GRUCell (read through its attributes and state_dict; torch is
     not imported).  float64 modules give float64 layers, others float32.
@@ -101,6 +106,7 @@ def from_torch(module) -> Layer:
     args: dict[str, Any] = dict(bias=bool(module.bias), dtype=dtype)
     if name in ("RNN", "RNNCell"):
         args["nonlinearity"] = module.nonlinearity
+    layer: Layer | Cell
     if name in _TORCH_CELLS:
         layer = _TORCH_CELLS[name](module.input_size, module.hidden_size, **args)
     else:
@@ -114,7 +120,7 @@ def from_torch(module) -> Layer:
     return layer
 
 
-def to_torch(layer):
+def to_torch(layer: Layer | Cell) -> Any:
     """The torch.nn module (RNN, LSTM, GRU or a cell) equal to a fastrnn layer
     or cell, on the CPU, with the same dtype.  Imports torch.  The
     reset_after=False GRU has no PyTorch equivalent and is refused."""
@@ -124,18 +130,19 @@ def to_torch(layer):
         raise ValueError("a GRU with reset_after=False has no PyTorch equivalent (torch.nn.GRU applies the "
                          "reset after the recurrent product)")
     name = type(layer).__name__
+    layer_: Any = layer   # a layer or a cell: their attributes differ
     dtype = torch.float64 if layer.dtype == np.float64 else torch.float32
     args: dict[str, Any] = dict(bias=layer.bias, dtype=dtype)
     if name in ("RNN", "RNNCell"):
-        args["nonlinearity"] = layer.nonlinearity
+        args["nonlinearity"] = layer_.nonlinearity
     if name in _TORCH_CELLS:
         module = getattr(torch.nn, name)(layer.input_size, layer.hidden_size, **args)
     elif name in _TORCH_LAYERS:
         with warnings.catch_warnings():   # torch warns about dropout with one layer, as fastrnn did
             warnings.simplefilter("ignore", UserWarning)
-            module = getattr(torch.nn, name)(layer.input_size, layer.hidden_size, num_layers=layer.num_layers,
-                                             batch_first=layer.batch_first, dropout=layer.dropout,
-                                             bidirectional=layer.bidirectional, **args)
+            module = getattr(torch.nn, name)(layer.input_size, layer.hidden_size, num_layers=layer_.num_layers,
+                                             batch_first=layer_.batch_first, dropout=layer_.dropout,
+                                             bidirectional=layer_.bidirectional, **args)
     else:
         raise TypeError(f"to_torch takes a fastrnn RNN, LSTM, GRU or cell, got {name}")
     module.load_state_dict({k: torch.from_numpy(v) for k, v in layer.state_dict().items()})
@@ -147,7 +154,8 @@ def to_torch(layer):
 _KERAS_KINDS = {"SimpleRNN": "RNN", "LSTM": "LSTM", "GRU": "GRU"}
 
 
-def _keras_direction_params(kind: str, weights: Sequence, reset_after: bool):
+def _keras_direction_params(kind: str, weights: Sequence[np.ndarray],
+                            reset_after: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
     """One direction's Keras weights [kernel, recurrent_kernel(, bias)] ->
     (weight_ih, weight_hh, bias_ih, bias_hh or None when there is no bias)."""
     kernel, recurrent = np.asarray(weights[0]), np.asarray(weights[1])
@@ -162,7 +170,7 @@ def _keras_direction_params(kind: str, weights: Sequence, reset_after: bool):
     return w_ih, w_hh, _blocks(bias, order), np.zeros_like(bias)
 
 
-def from_keras_weights(kind: str, weights: Sequence, *, nonlinearity: str = "tanh",
+def from_keras_weights(kind: str, weights: Sequence[Any], *, nonlinearity: str = "tanh",
                        reset_after: bool | None = None, batch_first: bool = True) -> Layer:
     """A fastrnn layer from Keras weights, as `layer.get_weights()` returns them.
 
@@ -208,7 +216,7 @@ def from_keras_weights(kind: str, weights: Sequence, *, nonlinearity: str = "tan
     for k, layer_weights in enumerate(stack):
         for d in range(D):
             want_in = stack[0][0].shape[0] if k == 0 else D * H
-            expected = [(want_in, G * H), (H, G * H)]
+            expected: list[tuple[int, ...]] = [(want_in, G * H), (H, G * H)]
             if bias:
                 expected.append((2, G * H) if kind == "GRU" and reset_after else (G * H,))
             got = [w.shape for w in layer_weights[d * per_dir:(d + 1) * per_dir]]
@@ -224,7 +232,7 @@ def from_keras_weights(kind: str, weights: Sequence, *, nonlinearity: str = "tan
                 fr_kind, layer_weights[d * per_dir:(d + 1) * per_dir], bool(reset_after))
             s = _suffix(k, d)
             state[f"weight_ih{s}"], state[f"weight_hh{s}"] = w_ih, w_hh
-            if bias:
+            if b_ih is not None and b_hh is not None:
                 state[f"bias_ih{s}"], state[f"bias_hh{s}"] = b_ih, b_hh
     layer.load_state_dict(state)
     return layer
@@ -237,7 +245,7 @@ def keras_weights(layer: Layer) -> list[list[np.ndarray]]:
     Keras's one, but for the reset_after GRU's, which Keras keeps apart."""
     kind = _kind(layer)
     order = _KERAS_GRU if kind == "GRU" else None
-    reset_after = kind == "GRU" and layer.reset_after
+    reset_after = isinstance(layer, GRU) and layer.reset_after
     out = []
     for k in range(layer.num_layers):
         weights = []
@@ -254,13 +262,13 @@ def keras_weights(layer: Layer) -> list[list[np.ndarray]]:
     return out
 
 
-def _keras_activation(value) -> str:
+def _keras_activation(value: Any) -> str:
     if isinstance(value, str):
         return value
     return getattr(value, "__name__", repr(value))
 
 
-def _keras_layer_options(layer) -> dict:
+def _keras_layer_options(layer: Any) -> dict[str, Any]:
     """Check one Keras SimpleRNN/LSTM/GRU layer's config against what fastrnn
     computes; returns its kind, nonlinearity and reset_after."""
     name = type(layer).__name__
@@ -286,7 +294,7 @@ def _keras_layer_options(layer) -> dict:
                 units=config.get("units"))
 
 
-def from_keras(layers) -> Layer:
+def from_keras(layers: Any) -> Layer:
     """A fastrnn layer equal to a Keras SimpleRNN, LSTM or GRU layer, a
     Bidirectional wrapper of one (merge_mode 'concat'), or a list of them
     stacked (one kind and size, each feeding the next: num_layers).  Keras is
@@ -329,7 +337,7 @@ def from_keras(layers) -> Layer:
                               reset_after=first["reset_after"] if first["kind"] == "GRU" else None)
 
 
-def to_keras(layer: Layer, return_sequences: bool = True, return_state: bool = False) -> list:
+def to_keras(layer: Layer, return_sequences: bool = True, return_state: bool = False) -> list[Any]:
     """Keras layers (SimpleRNN, LSTM or GRU; wrapped in Bidirectional when
     bidirectional), one per num_layers, built and holding the layer's weights.
     Imports keras.  With return_state, each returns [y, h(, c)...] as Keras
@@ -341,9 +349,9 @@ def to_keras(layer: Layer, return_sequences: bool = True, return_state: bool = F
     options: dict[str, Any] = dict(use_bias=layer.bias, return_sequences=return_sequences,
                                    return_state=return_state, dtype=layer.dtype.name)
     if kind == "RNN":
-        options["activation"] = layer.nonlinearity
+        options["activation"] = getattr(layer, "nonlinearity")
     if kind == "GRU":
-        options["reset_after"] = layer.reset_after
+        options["reset_after"] = getattr(layer, "reset_after")
     out = []
     for k, weights in enumerate(keras_weights(layer)):
         input_size = layer.input_size if k == 0 else layer.num_directions * layer.hidden_size
@@ -362,8 +370,8 @@ _BATCH_FIRST_KEY = "fastrnn.batch_first"
 _ONNX_ORDER = {"RNN": (None, None), "LSTM": (_ONNX_LSTM, _ONNX_LSTM_BACK), "GRU": (_ONNX_GRU, _ONNX_GRU)}
 
 
-def to_onnx(layer: Layer, path=None, *, lengths: bool = False, initial_state: bool = False,
-            opset: int = 17):
+def to_onnx(layer: Layer, path: str | os.PathLike[str] | None = None, *, lengths: bool = False,
+            initial_state: bool = False, opset: int = 17) -> onnx.ModelProto:
     """An ONNX model (onnx.ModelProto; also written to path when given) that
     computes the layer's forward: one RNN/LSTM/GRU node per stacked layer.
 
@@ -380,10 +388,11 @@ def to_onnx(layer: Layer, path=None, *, lengths: bool = False, initial_state: bo
     elem = TensorProto.DOUBLE if layer.dtype == np.float64 else TensorProto.FLOAT
     order = _ONNX_ORDER[kind][0]
     direction = "bidirectional" if layer.bidirectional else "forward"
-    nodes, inits = [], []
-    x_shape = ["batch", "time", I] if layer.batch_first else ["time", "batch", I]
+    nodes: list[onnx.NodeProto] = []
+    inits: list[onnx.TensorProto] = []
+    x_shape: list[str | int] = ["batch", "time", I] if layer.batch_first else ["time", "batch", I]
     inputs = [helper.make_tensor_value_info("x", elem, x_shape)]
-    state_shape = [L * D, "batch", H]
+    state_shape: list[str | int] = [L * D, "batch", H]
     if lengths:
         inputs.append(helper.make_tensor_value_info("lengths", TensorProto.INT64, ["batch"]))
         nodes.append(helper.make_node("Cast", ["lengths"], ["sequence_lens"], to=TensorProto.INT32))
@@ -392,7 +401,7 @@ def to_onnx(layer: Layer, path=None, *, lengths: bool = False, initial_state: bo
         if is_lstm:
             inputs.append(helper.make_tensor_value_info("c_0", elem, state_shape))
 
-    def const(name, value):
+    def const(name: str, value: Any) -> str:
         inits.append(numpy_helper.from_array(np.asarray(value), name))
         return name
 
@@ -422,13 +431,13 @@ def to_onnx(layer: Layer, path=None, *, lengths: bool = False, initial_state: bo
                                   const(f"{state}_end_{k}", np.array([(k + 1) * D])),
                                   const(f"{state}_axes_{k}", np.array([0]))], [f"{state}_{k}"]))
                     node_inputs.append(f"{state}_{k}")
-        outputs = [f"Y_{k}", f"Y_h_{k}"] + ([f"Y_c_{k}"] if is_lstm else [])
+        node_outputs = [f"Y_{k}", f"Y_h_{k}"] + ([f"Y_c_{k}"] if is_lstm else [])
         attrs: dict[str, Any] = dict(hidden_size=H, direction=direction)
         if kind == "RNN":
-            attrs["activations"] = ["Tanh" if layer.nonlinearity == "tanh" else "Relu"] * D
+            attrs["activations"] = ["Tanh" if getattr(layer, "nonlinearity") == "tanh" else "Relu"] * D
         if kind == "GRU":
-            attrs["linear_before_reset"] = 1 if layer.reset_after else 0
-        nodes.append(helper.make_node(kind, node_inputs, outputs, name=f"{kind.lower()}_{k}", **attrs))
+            attrs["linear_before_reset"] = 1 if getattr(layer, "reset_after") else 0
+        nodes.append(helper.make_node(kind, node_inputs, node_outputs, name=f"{kind.lower()}_{k}", **attrs))
         # Y (T, D, B, H) -> (T, B, D * H), the next layer's input
         nodes.append(helper.make_node("Transpose", [f"Y_{k}"], [f"Y_tb_{k}"], perm=[0, 2, 1, 3]))
         nodes.append(helper.make_node("Reshape", [f"Y_tb_{k}", const(f"shape_{k}", np.array([0, 0, -1]))],
@@ -441,7 +450,7 @@ def to_onnx(layer: Layer, path=None, *, lengths: bool = False, initial_state: bo
     else:
         nodes.append(helper.make_node("Identity", [x], ["y"]))
     nodes.append(helper.make_node("Concat", h_outs, ["h_n"], axis=0))
-    y_shape = ["batch", "time", D * H] if layer.batch_first else ["time", "batch", D * H]
+    y_shape: list[str | int] = ["batch", "time", D * H] if layer.batch_first else ["time", "batch", D * H]
     outputs = [helper.make_tensor_value_info("y", elem, y_shape),
                helper.make_tensor_value_info("h_n", elem, state_shape)]
     if is_lstm:
@@ -463,7 +472,8 @@ def to_onnx(layer: Layer, path=None, *, lengths: bool = False, initial_state: bo
 _ONNX_DEFAULT_ACTIVATIONS = {"RNN": ["Tanh"], "LSTM": ["Sigmoid", "Tanh", "Tanh"], "GRU": ["Sigmoid", "Tanh"]}
 
 
-def _onnx_node_layer(node, constant, dtype_hint=None) -> tuple[dict, dict]:
+def _onnx_node_layer(node: Any, constant: Callable[[str, str, str], np.ndarray],
+                     dtype_hint: Any = None) -> tuple[dict[str, Any], dict[tuple[str, int], np.ndarray]]:
     """One ONNX RNN/LSTM/GRU node -> (its options, its fastrnn parameters for one layer)."""
     from onnx import helper
 
@@ -511,7 +521,7 @@ def _onnx_node_layer(node, constant, dtype_hint=None) -> tuple[dict, dict]:
     if B is not None and B.shape != (D, 2 * G * H):
         raise ValueError(f"{label}: B has shape {B.shape}, expected {(D, 2 * G * H)}")
     back = _ONNX_ORDER[kind][1]
-    params = {}
+    params: dict[tuple[str, int], np.ndarray] = {}
     for d in range(D):
         params[("weight_ih", d)] = _blocks(W[d], back)
         params[("weight_hh", d)] = _blocks(R[d], back)
@@ -524,7 +534,7 @@ def _onnx_node_layer(node, constant, dtype_hint=None) -> tuple[dict, dict]:
     return options, params
 
 
-def from_onnx(model, node: str | None = None) -> Layer:
+def from_onnx(model: Any, node: str | None = None) -> Layer:
     """A fastrnn layer from the RNN, LSTM or GRU node(s) of an ONNX model
     (an onnx.ModelProto or a path).  A model whose recurrent nodes form one
     stack (each node's output feeding the next through Transpose, Reshape or
@@ -545,7 +555,7 @@ def from_onnx(model, node: str | None = None) -> Layer:
     values = {init.name: init for init in graph.initializer}
     constants = {n.output[0]: n for n in graph.node if n.op_type == "Constant"}
 
-    def constant(name, label, what):
+    def constant(name: str, label: str, what: str) -> np.ndarray:
         if name in values:
             return numpy_helper.to_array(values[name])
         if name in constants:
@@ -564,10 +574,11 @@ def from_onnx(model, node: str | None = None) -> Layer:
             raise ValueError(f"from_onnx: no recurrent node named {node!r} (nodes: {names})")
         chain = [recurrent[names.index(node)]]
     else:
-        chain = _stack_of(graph, recurrent)
-        if chain is None:
+        stack = _stack_of(graph, recurrent)
+        if stack is None:
             raise ValueError(f"from_onnx: the model's recurrent nodes {names} do not form one stack; import "
                              "them one at a time with node=NAME")
+        chain = stack
     parts = [_onnx_node_layer(n, constant) for n in chain]
     first = parts[0][0]
     for k, (opts, _) in enumerate(parts[1:], 1):
@@ -590,19 +601,19 @@ def from_onnx(model, node: str | None = None) -> Layer:
     return layer
 
 
-def _stack_of(graph, recurrent):
+def _stack_of(graph: Any, recurrent: list[Any]) -> list[Any] | None:
     """The recurrent nodes in stack order when each feeds the next through
     shape-only nodes (the Y (T, D, B, H) -> (T, B, D*H) of a stacked
     export), else None."""
     if len(recurrent) == 1:
         return recurrent
-    consumers: dict[str, list] = {}
+    consumers: dict[str, list[Any]] = {}
     for n in graph.node:
         for name in n.input:
             consumers.setdefault(name, []).append(n)
     shape_ops = {"Transpose", "Reshape", "Squeeze", "Identity"}
 
-    def feeds(a, b) -> bool:
+    def feeds(a: Any, b: Any) -> bool:
         """Whether a's output Y reaches b's input X through shape-only nodes."""
         frontier, seen = [a.output[0]], set()
         while frontier:

@@ -51,7 +51,7 @@ def _builtins() -> None:
         _REGISTRY[cls.__name__] = cls
 
 
-def module_config(module: Module) -> dict:
+def module_config(module: Module) -> dict[str, Any]:
     """{"class": name, "config": its get_config()}"""
     return {"class": type(module).__name__, "config": module.get_config()}
 
@@ -68,8 +68,8 @@ def build_module(spec: Any) -> Module:
                          "or pass the model to load(path, model=...)")
     try:
         if hasattr(cls, "from_config"):
-            return cls.from_config(spec["config"])
-        return cls(**spec["config"])
+            return cls.from_config(spec["config"])  # type: ignore[no-any-return]
+        return cls(**spec["config"])  # type: ignore[no-any-return]
     except MemoryError:
         raise ValueError(f"the config of {spec['class']} asks for more memory than there is: "
                          f"{spec['config']!r:.200}") from None
@@ -77,7 +77,8 @@ def build_module(spec: Any) -> Module:
         raise ValueError(f"invalid config for {spec['class']}: {exc}") from None
 
 
-def save(path, model: Module, optimizer=None, extra: dict | None = None) -> None:
+def save(path: str | os.PathLike[str], model: Module, optimizer: Any = None,
+         extra: dict[str, Any] | None = None) -> None:
     """Write model (parameters and config), optionally optimizer (its class,
     config and state) and extra (any JSON-serialisable dict) to path."""
     if not isinstance(model, Module):
@@ -107,23 +108,23 @@ def save(path, model: Module, optimizer=None, extra: dict | None = None) -> None
         raise TypeError(f"save: the config or extra data is not JSON-serialisable: {exc}") from None
     arrays["header"] = np.array(text)
     with open(os.fspath(path), "wb") as f:
-        np.savez(f, **arrays)
+        np.savez(f, **arrays)  # type: ignore[arg-type]
 
 
 @dataclass
 class Checkpoint:
     model: Module
     optimizer: Any = None
-    extra: dict | None = field(default=None)
+    extra: dict[str, Any] | None = field(default=None)
 
 
-def load(path, model: Module | None = None) -> Module:
+def load(path: str | os.PathLike[str], model: Module | None = None) -> Module:
     """The model saved at path: rebuilt from its config, or `model` (of the
     same structure) with the saved parameters loaded into it."""
     return load_checkpoint(path, model).model
 
 
-def load_checkpoint(path, model: Module | None = None) -> Checkpoint:
+def load_checkpoint(path: str | os.PathLike[str], model: Module | None = None) -> Checkpoint:
     """Model, optimizer (rebuilt over the model's parameters, its state
     restored; None if none was saved) and extra data saved at path."""
     name = os.fspath(path)
@@ -150,7 +151,7 @@ def _version() -> str:
     return __version__
 
 
-def _read_array(archive: zipfile.ZipFile, key: str, shape: tuple | None, kinds: str) -> np.ndarray:
+def _read_array(archive: zipfile.ZipFile, key: str, shape: tuple[int, ...] | None, kinds: str) -> np.ndarray:
     """One array of the archive, its header checked (shape, dtype kind, no
     object dtype) before its data is read."""
     member = key + ".npy"

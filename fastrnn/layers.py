@@ -12,16 +12,22 @@ fastrnn._recurrence run one (layer, direction) over the whole sequence each.
 from __future__ import annotations
 
 import warnings
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
 
-from fastrnn import _recurrence
+from fastrnn._kernels import recurrence as _recurrence
 from fastrnn._checks import (as_float_array, check_bool, check_dtype, check_lengths,
                              check_probability, check_shape, check_size, make_rng)
 from fastrnn._module import Module
 from fastrnn._threads import get_num_threads
 
 __all__ = ["RNN", "LSTM", "GRU"]
+
+Seed = Union[int, np.random.Generator, None]
+# per layer: (input (N, I_k), per direction (gates, saved, h_prev), dropout mask or None)
+_LayerTape = tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray, np.ndarray]], Optional[np.ndarray]]
 
 
 class Packing:
@@ -32,11 +38,11 @@ class Packing:
     def __init__(self, T: int, B: int, lengths: np.ndarray | None = None) -> None:
         self.T, self.B = T, B
         if lengths is None or bool((lengths == T).all()):
-            self.order = None            # no reordering, every step full
+            self.order: np.ndarray | None = None   # no reordering, every step full
             self.batch_sizes = np.full(T, B, dtype=np.intp)
             self.N = T * B
-            self._rows_tb = None         # packed row r is row r of (T*B, .)
-            self._rows_bt = None         # computed when first needed
+            self._rows_tb: np.ndarray | None = None   # packed row r is row r of (T*B, .)
+            self._rows_bt: np.ndarray | None = None   # computed when first needed
             return
         order = np.argsort(-lengths, kind="stable")
         steps = int(lengths[order[0]])
@@ -50,7 +56,7 @@ class Packing:
         self._rows_tb = time_index * B + batch_index     # into a time-major (T*B, .) array
         self._rows_bt = batch_index * T + time_index     # into a batch-major (B*T, .) array
 
-    def rows_of(self, a: np.ndarray):
+    def rows_of(self, a: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
         """(a2d, rows): a 2-D view of the (T, B, F) array a (no copy) and the
         row of it holding each packed row (None: the packed rows are a2d's
         rows themselves); (None, None) when a has no such view."""
@@ -73,7 +79,7 @@ class Packing:
             a2d, rows = a.reshape(self.T * self.B, a.shape[2]), self._rows_tb
         return a2d if rows is None else np.take(a2d, rows, axis=0)
 
-    def padded_output(self, width: int, dtype) -> tuple[np.ndarray, np.ndarray | None]:
+    def padded_output(self, width: int, dtype: np.dtype[Any]) -> tuple[np.ndarray, np.ndarray | None]:
         """A (T*B, width) array for a layer's output written in place by the
         kernel, and the rows it writes (None: all, in order)."""
         if self.order is None:
@@ -105,18 +111,21 @@ class Packing:
 class _Tape:
     """What a training forward keeps for its backward."""
 
-    def __init__(self, packing, batched, out_shape, layers, c_0):
+    def __init__(self, packing: Packing, batched: bool, out_shape: tuple[int, ...], layers: list[_LayerTape],
+                 c_0: np.ndarray | None) -> None:
         self.packing = packing
         self.batched = batched
         self.out_shape = out_shape   # shape of the output as returned
-        self.layers = layers         # per layer: (input (N, I_k), [per direction (gates, saved, h_prev)], dropout mask)
+        self.layers = layers
         self.c_0 = c_0               # LSTM initial cell state, packed order
 
 
 class _RNNBase(Module):
+    dtype: np.dtype[Any]
+
     def __init__(self, mode: str, input_size: int, hidden_size: int, num_layers: int = 1,
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
-                 bidirectional: bool = False, dtype=np.float32, seed=None) -> None:
+                 bidirectional: bool = False, dtype: DTypeLike = np.float32, seed: Seed = None) -> None:
         super().__init__(check_dtype(dtype))
         self.mode = mode
         self.input_size = check_size("input_size", input_size)
@@ -182,7 +191,7 @@ class _RNNBase(Module):
     def _drop_tape(self) -> None:
         self._tape = None
 
-    def load_state_dict(self, state_dict) -> None:
+    def load_state_dict(self, state_dict: Any) -> None:
         projection = [k for k in getattr(state_dict, "keys", lambda: [])() if str(k).startswith("weight_hr")]
         if projection:
             raise ValueError(f"load_state_dict: {projection[0]} is the projection of an LSTM with proj_size, "
@@ -191,7 +200,7 @@ class _RNNBase(Module):
 
     # --- argument checks ----------------------------------------------------
 
-    def _check_input(self, x):
+    def _check_input(self, x: ArrayLike) -> tuple[np.ndarray, bool]:
         x = as_float_array("x", x, self.dtype)
         if x.ndim == 2:
             batched = False
@@ -210,7 +219,7 @@ class _RNNBase(Module):
             raise ValueError(f"x must hold at least one step of one sequence, got shape {x.shape}")
         return x, batched
 
-    def _check_state(self, name: str, value, B: int, batched: bool) -> np.ndarray:
+    def _check_state(self, name: str, value: Optional[ArrayLike], B: int, batched: bool) -> np.ndarray:
         """A state (L*D, B, H), or (L*D, H) unbatched, as (L*D, B, H)."""
         S, H = self.num_layers * self.num_directions, self.hidden_size
         if value is None:
@@ -222,7 +231,7 @@ class _RNNBase(Module):
         check_shape(name, value, (S, H), "num_layers * num_directions, hidden_size for unbatched input")
         return value[:, None, :]
 
-    def _check_hx(self, hx, B: int, batched: bool):
+    def _check_hx(self, hx: Any, B: int, batched: bool) -> tuple[np.ndarray, np.ndarray | None]:
         if self.mode == "LSTM":
             if hx is None:
                 return self._check_state("h_0", None, B, batched), self._check_state("c_0", None, B, batched)
@@ -234,58 +243,51 @@ class _RNNBase(Module):
             raise TypeError(f"hx for {type(self).__name__} must be an array h_0, got {type(hx).__name__}")
         return self._check_state("hx (h_0)", hx, B, batched), None
 
-    def _params_of(self, layer: int, d: int):
+    def _params_of(self, layer: int, d: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         s, p = _suffix(layer, d), self._params
         if self.bias:
             return p[f"weight_ih{s}"], p[f"weight_hh{s}"], p[f"bias_ih{s}"], p[f"bias_hh{s}"]
         return p[f"weight_ih{s}"], p[f"weight_hh{s}"], self._zero_bias, self._zero_bias
 
-    def _grads_of(self, layer: int, d: int):
+    def _grads_of(self, layer: int, d: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         s, g = _suffix(layer, d), self._grads
         if self.bias:
             return g[f"weight_ih{s}"], g[f"weight_hh{s}"], g[f"bias_ih{s}"], g[f"bias_hh{s}"]
         return g[f"weight_ih{s}"], g[f"weight_hh{s}"], self._no_bias, self._no_bias
 
-    def _dropout_mask(self, shape) -> np.ndarray:
+    def _dropout_mask(self, shape: tuple[int, ...]) -> np.ndarray:
         if self.dropout >= 1.0:
             return np.zeros(shape, dtype=self.dtype)
         keep = self._rng.random(shape) >= self.dropout
-        return keep.astype(self.dtype) * self.dtype.type(1.0 / (1.0 - self.dropout))
+        mask: np.ndarray = keep.astype(self.dtype) * self.dtype.type(1.0 / (1.0 - self.dropout))
+        return mask
 
     # --- forward ---------------------------------------------------------------
 
-    def __call__(self, x, hx=None, lengths=None):
-        return self.forward(x, hx, lengths)
-
-    def forward(self, x, hx=None, lengths=None):
-        """x (T, B, input_size), or (B, T, input_size) with batch_first, or
-        (T, input_size) unbatched; hx the initial state (zeros when None);
-        lengths (B,) the length of each sequence of a padded batch.
-
-        Returns y (T, B, D * hidden_size) and h_n (L * D, B, hidden_size); the
-        LSTM returns y, (h_n, c_n).  With lengths, y is zero past each
-        sequence's end and h_n is the state at its last step."""
-        user_x = x
-        x, batched = self._check_input(x)
-        T, B = x.shape[0], x.shape[1]
+    def _forward(self, x: ArrayLike, hx: Any,
+                 lengths: Optional[ArrayLike]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """The forward of every layer: (y, h_n, c_n or None), see forward."""
+        x3d, batched = self._check_input(x)
+        T, B = x3d.shape[0], x3d.shape[1]
         h_0, c_0 = self._check_hx(hx, B, batched)
+        lengths_arr = None
         if lengths is not None:
             if not batched:
                 raise ValueError("lengths needs batched input (T, B, input_size); unbatched input is one "
                                  "sequence of length T")
-            lengths = check_lengths(lengths, T, B)
+            lengths_arr = check_lengths(lengths, T, B)
 
         training, is_lstm = self.training, self.mode == "LSTM"
-        packing = Packing(T, B, lengths)
-        inp = packing.pack(x)
+        packing = Packing(T, B, lengths_arr)
+        inp = packing.pack(x3d)
         h_0 = packing.to_packed(h_0)
-        if is_lstm:
+        if c_0 is not None:
             c_0 = packing.to_packed(c_0)
         if training:
             # backward reads these: they must not change under it
-            if np.may_share_memory(inp, user_x):
+            if np.may_share_memory(inp, x):
                 inp = inp.copy()
-            if is_lstm and hx is not None and np.may_share_memory(c_0, hx[1]):
+            if c_0 is not None and hx is not None and np.may_share_memory(c_0, hx[1]):
                 c_0 = c_0.copy()
 
         N, H, D, G = packing.N, self.hidden_size, self.num_directions, self.gate_count
@@ -293,14 +295,14 @@ class _RNNBase(Module):
         h_n = np.empty((self.num_layers * D, B, H), dtype=dtype)
         c_n = np.empty_like(h_n) if is_lstm else None
         no_gates = np.empty((0, G * H), dtype=dtype)
-        layers = []
+        layers: list[_LayerTape] = []
         for layer in range(self.num_layers):
             last = layer == self.num_layers - 1
             if last:   # straight into the padded output
                 y, y_rows = packing.padded_output(D * H, dtype)
             else:
                 y, y_rows = np.empty((N, D * H), dtype=dtype), None
-            directions = []
+            directions: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
             for d in range(D):
                 i = layer * D + d
                 if training:
@@ -313,9 +315,9 @@ class _RNNBase(Module):
                     gates, saved, h_prev = no_gates, no_rows, no_rows
                 w_ih, w_hh, b_ih, b_hh = self._params_of(layer, d)
                 _recurrence.forward(
-                    self._cell, y[:, d * H:(d + 1) * H], h_n[i], c_n[i] if is_lstm else no_rows,
+                    self._cell, y[:, d * H:(d + 1) * H], h_n[i], _row(c_n, i, no_rows),
                     gates, saved, h_prev, inp, w_ih, w_hh, b_ih, b_hh,
-                    h_0[i], c_0[i] if is_lstm else no_rows, packing.batch_sizes, d == 1, threads, y_rows)
+                    h_0[i], _row(c_0, i, no_rows), packing.batch_sizes, d == 1, threads, y_rows)
             mask = None
             if training and self.dropout > 0 and layer < self.num_layers - 1:
                 mask = self._dropout_mask(y.shape)
@@ -327,18 +329,19 @@ class _RNNBase(Module):
         if batched and self.batch_first:
             out = out.transpose(1, 0, 2)
         h_n = packing.from_packed(h_n)
-        if is_lstm:
+        if c_n is not None:
             c_n = packing.from_packed(c_n)
         if not batched:
             out, h_n = out[:, 0], h_n[:, 0]
-            if is_lstm:
+            if c_n is not None:
                 c_n = c_n[:, 0]
         self._tape = _Tape(packing, batched, out.shape, layers, c_0) if training else None
-        return (out, (h_n, c_n)) if is_lstm else (out, h_n)
+        return out, h_n, c_n
 
     # --- backward --------------------------------------------------------------
 
-    def _backward(self, dy, dh_n, dc_n):
+    def _backward(self, dy: Optional[ArrayLike], dh_n: Optional[ArrayLike],
+                  dc_n: Optional[ArrayLike]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         tape = self._tape
         if tape is None:
             why = "the layer is in eval mode" if not self.training else "forward has not been called since " \
@@ -350,26 +353,25 @@ class _RNNBase(Module):
         dtype = self.dtype
         dy_rows = None
         if dy is None:
-            dy = np.zeros((packing.N, D * H), dtype=dtype)
+            d_out = np.zeros((packing.N, D * H), dtype=dtype)
         else:
-            dy = as_float_array("dy", dy, dtype)
-            check_shape("dy", dy, tape.out_shape, "the shape of the output y")
+            dy3d = as_float_array("dy", dy, dtype)
+            check_shape("dy", dy3d, tape.out_shape, "the shape of the output y")
             if not batched:
-                dy = dy[:, None, :]
+                dy3d = dy3d[:, None, :]
             elif self.batch_first:
-                dy = dy.transpose(1, 0, 2)
-            dy2d, dy_rows = packing.rows_of(dy)   # read in place when its layout allows
-            dy = packing.pack(dy) if dy2d is None else dy2d
+                dy3d = dy3d.transpose(1, 0, 2)
+            dy2d, dy_rows = packing.rows_of(dy3d)   # read in place when its layout allows
+            d_out = packing.pack(dy3d) if dy2d is None else dy2d
         states = [("dh_n", dh_n)] + ([("dc_n", dc_n)] if is_lstm else [])
         grads_in = [packing.to_packed(self._check_state(name, value, B, batched)) for name, value in states]
-        dh_n = grads_in[0]
-        dc_n = grads_in[1] if is_lstm else None
+        dh_n_packed = grads_in[0]
+        dc_n_packed = grads_in[1] if is_lstm else None
 
         # every check passed: from here on the layer's grads change
         threads, no_rows = get_num_threads(), self._no_rows
         dh_0 = np.empty((L * D, B, H), dtype=dtype)
         dc_0 = np.empty_like(dh_0) if is_lstm else None
-        d_out = dy
         for layer in reversed(range(L)):
             inp, directions, _ = tape.layers[layer]
             dx = np.empty_like(inp)
@@ -379,14 +381,15 @@ class _RNNBase(Module):
                 w_ih, w_hh, _, _ = self._params_of(layer, d)
                 dw_ih, dw_hh, db_ih, db_hh = self._grads_of(layer, d)
                 _recurrence.backward(
-                    self._cell, dx, dh_0[i], dc_0[i] if is_lstm else no_rows,
+                    self._cell, dx, dh_0[i], _row(dc_0, i, no_rows),
                     dw_ih, dw_hh, db_ih, db_hh, gates, saved, h_prev,
-                    d_out[:, d * H:(d + 1) * H], dh_n[i], dc_n[i] if is_lstm else no_rows,
-                    inp, w_ih, w_hh, tape.c_0[i] if is_lstm else no_rows,
+                    d_out[:, d * H:(d + 1) * H], dh_n_packed[i], _row(dc_n_packed, i, no_rows),
+                    inp, w_ih, w_hh, _row(tape.c_0, i, no_rows),
                     packing.batch_sizes, d == 1, d == 1, threads,
                     dy_rows if layer == L - 1 else None)
-            if layer > 0 and tape.layers[layer - 1][2] is not None:
-                dx *= tape.layers[layer - 1][2]
+            mask = tape.layers[layer - 1][2] if layer > 0 else None
+            if mask is not None:
+                dx *= mask
             d_out = dx
         self._tape = None  # the kernels consumed its buffers
 
@@ -394,11 +397,11 @@ class _RNNBase(Module):
         if batched and self.batch_first:
             dx = dx.transpose(1, 0, 2)
         dh_0 = packing.from_packed(dh_0)
-        if is_lstm:
+        if dc_0 is not None:
             dc_0 = packing.from_packed(dc_0)
         if not batched:
             dx, dh_0 = dx[:, 0], dh_0[:, 0]
-            if is_lstm:
+            if dc_0 is not None:
                 dc_0 = dc_0[:, 0]
         return dx, dh_0, dc_0
 
@@ -407,10 +410,32 @@ def _suffix(layer: int, direction: int) -> str:
     return f"_l{layer}" + ("_reverse" if direction == 1 else "")
 
 
+def _row(states: np.ndarray | None, i: int, absent: np.ndarray) -> np.ndarray:
+    """states[i], or `absent` for a cell without that state (c: not an LSTM)."""
+    return absent if states is None else states[i]
+
+
 class _HiddenStateRNN(_RNNBase):
     """A layer whose state is h alone (RNN, GRU)."""
 
-    def backward(self, dy=None, dh_n=None):
+    def __call__(self, x: ArrayLike, hx: Optional[ArrayLike] = None,
+                 lengths: Optional[ArrayLike] = None) -> tuple[np.ndarray, np.ndarray]:
+        return self.forward(x, hx, lengths)
+
+    def forward(self, x: ArrayLike, hx: Optional[ArrayLike] = None,
+                lengths: Optional[ArrayLike] = None) -> tuple[np.ndarray, np.ndarray]:
+        """x (T, B, input_size), or (B, T, input_size) with batch_first, or
+        (T, input_size) unbatched; hx the initial state h_0 (zeros when None);
+        lengths (B,) the length of each sequence of a padded batch.
+
+        Returns y (T, B, D * hidden_size) and h_n (L * D, B, hidden_size).
+        With lengths, y is zero past each sequence's end and h_n is the state
+        at its last step."""
+        out, h_n, _ = self._forward(x, hx, lengths)
+        return out, h_n
+
+    def backward(self, dy: Optional[ArrayLike] = None,
+                 dh_n: Optional[ArrayLike] = None) -> tuple[np.ndarray, np.ndarray]:
         """Backpropagation through time of the last forward: dy the gradient
         of y (None: zero), dh_n that of h_n.  Adds the parameter gradients into
         `grads`; returns dx, dh_0."""
@@ -423,7 +448,7 @@ class RNN(_HiddenStateRNN):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
                  nonlinearity: str = "tanh", bias: bool = True, batch_first: bool = False,
-                 dropout: float = 0.0, bidirectional: bool = False, dtype=np.float32, seed=None) -> None:
+                 dropout: float = 0.0, bidirectional: bool = False, dtype: DTypeLike = np.float32, seed: Seed = None) -> None:
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
         self.nonlinearity = nonlinearity
@@ -442,7 +467,7 @@ class GRU(_HiddenStateRNN):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 dtype=np.float32, seed=None, reset_after: bool = True) -> None:
+                 dtype: DTypeLike = np.float32, seed: Seed = None, reset_after: bool = True) -> None:
         mode = "GRU" if check_bool("reset_after", reset_after) else "GRU_RESET_BEFORE"
         super().__init__(mode, input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, dtype, seed)
@@ -457,13 +482,32 @@ class LSTM(_RNNBase):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 dtype=np.float32, seed=None) -> None:
+                 dtype: DTypeLike = np.float32, seed: Seed = None) -> None:
         super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, dtype, seed)
 
-    def backward(self, dy=None, dh_n=None, dc_n=None):
+    def __call__(self, x: ArrayLike, hx: Optional[Sequence[ArrayLike]] = None,
+                 lengths: Optional[ArrayLike] = None) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+        return self.forward(x, hx, lengths)
+
+    def forward(self, x: ArrayLike, hx: Optional[Sequence[ArrayLike]] = None,
+                lengths: Optional[ArrayLike] = None) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+        """x (T, B, input_size), or (B, T, input_size) with batch_first, or
+        (T, input_size) unbatched; hx the initial state (h_0, c_0) (zeros when
+        None); lengths (B,) the length of each sequence of a padded batch.
+
+        Returns y (T, B, D * hidden_size) and (h_n, c_n), each (L * D, B,
+        hidden_size).  With lengths, y is zero past each sequence's end and
+        h_n, c_n are the states at its last step."""
+        out, h_n, c_n = self._forward(x, hx, lengths)
+        assert c_n is not None
+        return out, (h_n, c_n)
+
+    def backward(self, dy: Optional[ArrayLike] = None, dh_n: Optional[ArrayLike] = None,
+                 dc_n: Optional[ArrayLike] = None) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
         """Backpropagation through time of the last forward: dy the gradient
         of y (None: zero), dh_n and dc_n those of h_n and c_n.  Adds the
         parameter gradients into `grads`; returns dx, (dh_0, dc_0)."""
         dx, dh_0, dc_0 = self._backward(dy, dh_n, dc_n)
+        assert dc_0 is not None
         return dx, (dh_0, dc_0)

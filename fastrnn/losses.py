@@ -5,7 +5,10 @@ per-element gradients).  Computed in the inputs' precision, the reductions
 accumulated in float64."""
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+from numpy.typing import ArrayLike
 
 __all__ = ["mse_loss", "cross_entropy", "binary_cross_entropy_with_logits"]
 
@@ -17,14 +20,14 @@ def _check_reduction(reduction: str) -> None:
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
 
 
-def _floats(name: str, a) -> np.ndarray:
-    a = np.asarray(a)
+def _floats(name: str, value: ArrayLike) -> np.ndarray:
+    a: np.ndarray = np.asarray(value)
     if a.dtype.kind != "f":
         raise TypeError(f"{name} must be a floating-point array, got dtype {a.dtype}")
     return a
 
 
-def mse_loss(input, target, reduction: str = "mean"):
+def mse_loss(input: ArrayLike, target: ArrayLike, reduction: str = "mean") -> tuple[Any, np.ndarray]:
     """mean((input - target)^2) -> (loss, dinput)"""
     _check_reduction(reduction)
     x = _floats("input", input)
@@ -39,8 +42,9 @@ def mse_loss(input, target, reduction: str = "mean"):
     return loss, (2 * scale) * diff
 
 
-def cross_entropy(logits, target, weight=None, ignore_index: int = -100, reduction: str = "mean",
-                  label_smoothing: float = 0.0, mask=None):
+def cross_entropy(logits: ArrayLike, target: ArrayLike, weight: ArrayLike | None = None, ignore_index: int = -100,
+                  reduction: str = "mean", label_smoothing: float = 0.0,
+                  mask: ArrayLike | None = None) -> tuple[Any, np.ndarray]:
     """Cross-entropy of softmax(logits) over the LAST axis against integer
     class targets -> (loss, dlogits).
 
@@ -127,7 +131,9 @@ def cross_entropy(logits, target, weight=None, ignore_index: int = -100, reducti
     return loss, (grad * scale).astype(x.dtype)
 
 
-def binary_cross_entropy_with_logits(logits, target, weight=None, pos_weight=None, reduction: str = "mean"):
+def binary_cross_entropy_with_logits(logits: ArrayLike, target: ArrayLike, weight: ArrayLike | None = None,
+                                     pos_weight: ArrayLike | None = None,
+                                     reduction: str = "mean") -> tuple[Any, np.ndarray]:
     """-[pos_weight * t * log(sigmoid(x)) + (1 - t) * log(1 - sigmoid(x))],
     computed stably from the logits x -> (loss, dlogits)."""
     _check_reduction(reduction)

@@ -11,9 +11,12 @@ gradient of the input; PyTorch's parameter names, shapes and initialisation.
 """
 from __future__ import annotations
 
-import numpy as np
+from typing import Any, Iterator, Union
 
-from fastrnn import _recurrence
+import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
+
+from fastrnn._kernels import recurrence as _recurrence
 from fastrnn._checks import as_float_array, check_bool, check_dtype, check_probability, check_size, make_rng
 from fastrnn._module import Module
 from fastrnn._threads import get_num_threads
@@ -22,20 +25,24 @@ from fastrnn.losses import binary_cross_entropy_with_logits, cross_entropy, mse_
 __all__ = ["Module", "Linear", "Embedding", "Dropout", "Sequential",
            "mse_loss", "cross_entropy", "binary_cross_entropy_with_logits"]
 
+Seed = Union[int, np.random.Generator, None]
 
-def _no_forward(module) -> ValueError:
+
+def _no_forward(module: Module) -> ValueError:
     why = "it is in eval mode" if not module.training else "forward has not been called since the last backward"
     return ValueError(f"{type(module).__name__}.backward: no stored forward pass to differentiate ({why}); "
                       "call it in training mode (.train()) before backward")
 
 
 class Linear(Module):
+    dtype: np.dtype[Any]
+
     """y = x @ weight.T + bias on the last axis of x (any number of leading
     axes).  weight (out_features, in_features), bias (out_features), both
     uniform in +-1/sqrt(in_features) as in PyTorch."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, dtype=np.float32,
-                 seed=None) -> None:
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, dtype: DTypeLike = np.float32,
+                 seed: Seed = None) -> None:
         super().__init__(check_dtype(dtype))
         self.in_features = check_size("in_features", in_features)
         self.out_features = check_size("out_features", out_features)
@@ -56,10 +63,10 @@ class Linear(Module):
     def _drop_tape(self) -> None:
         self._x = None
 
-    def __call__(self, x):
+    def __call__(self, x: ArrayLike) -> np.ndarray:
         return self.forward(x)
 
-    def forward(self, x) -> np.ndarray:
+    def forward(self, x: ArrayLike) -> np.ndarray:
         """x (..., in_features) -> (..., out_features)"""
         user_x = x
         x = as_float_array("x", x, self.dtype)
@@ -75,7 +82,7 @@ class Linear(Module):
             self._x = x2.copy() if np.may_share_memory(x2, user_x) else x2
         return y.reshape(*lead, self.out_features)
 
-    def backward(self, dy) -> np.ndarray:
+    def backward(self, dy: ArrayLike) -> np.ndarray:
         """dy (..., out_features) -> dx (..., in_features); adds into grads."""
         if self._x is None:
             raise _no_forward(self)
@@ -95,12 +102,14 @@ class Linear(Module):
 
 
 class Embedding(Module):
+    dtype: np.dtype[Any]
+
     """Token ids -> vectors: weight (num_embeddings, embedding_dim), normal(0, 1)
     as in PyTorch.  backward adds each output row's gradient into the row of
     its id.  With padding_idx, that row starts at zero and gets no gradient."""
 
     def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None,
-                 dtype=np.float32, seed=None) -> None:
+                 dtype: DTypeLike = np.float32, seed: Seed = None) -> None:
         super().__init__(check_dtype(dtype))
         self.num_embeddings = check_size("num_embeddings", num_embeddings)
         self.embedding_dim = check_size("embedding_dim", embedding_dim)
@@ -124,23 +133,23 @@ class Embedding(Module):
     def _drop_tape(self) -> None:
         self._ids = None
 
-    def __call__(self, ids):
+    def __call__(self, ids: ArrayLike) -> np.ndarray:
         return self.forward(ids)
 
-    def forward(self, ids) -> np.ndarray:
-        """ids: integer array of any shape -> (*ids.shape, embedding_dim)"""
-        ids = np.asarray(ids)
+    def forward(self, token_ids: ArrayLike) -> np.ndarray:
+        """token_ids: integer array of any shape -> (*token_ids.shape, embedding_dim)"""
+        ids = np.asarray(token_ids)
         if ids.dtype.kind not in "iu":
             raise TypeError(f"ids must be an integer array, got dtype {ids.dtype}")
         if ids.size and (ids.min() < 0 or ids.max() >= self.num_embeddings):
             bad = ids[(ids < 0) | (ids >= self.num_embeddings)].flat[0]
             raise ValueError(f"ids must be between 0 and num_embeddings - 1 = {self.num_embeddings - 1}, got {bad}")
-        out = np.take(self._params["weight"], ids, axis=0)
+        out: np.ndarray = np.take(self._params["weight"], ids, axis=0)
         if self.training:
             self._ids = ids.copy()
         return out
 
-    def backward(self, dy) -> None:
+    def backward(self, dy: ArrayLike) -> None:
         """Adds dy (*ids.shape, embedding_dim) into the rows of grads["weight"]
         of the ids; returns None (ids have no gradient)."""
         if self._ids is None:
@@ -163,7 +172,7 @@ class Dropout(Module):
     """Zeroes each element with probability p in training mode, scaling the
     others by 1 / (1 - p); does nothing in eval mode."""
 
-    def __init__(self, p: float = 0.5, seed=None) -> None:
+    def __init__(self, p: float = 0.5, seed: Seed = None) -> None:
         super().__init__()
         self.p = check_probability("p", p)
         self._config = dict(p=self.p)
@@ -176,27 +185,28 @@ class Dropout(Module):
     def _drop_tape(self) -> None:
         self._mask = None
 
-    def __call__(self, x):
+    def __call__(self, x: ArrayLike) -> np.ndarray:
         return self.forward(x)
 
-    def forward(self, x) -> np.ndarray:
-        x = np.asarray(x)
-        if x.dtype.kind != "f":
-            raise TypeError(f"x must be a floating-point array, got dtype {x.dtype}")
+    def forward(self, x: ArrayLike) -> np.ndarray:
+        a: np.ndarray = np.asarray(x)
+        if a.dtype.kind != "f":
+            raise TypeError(f"x must be a floating-point array, got dtype {a.dtype}")
         if not self.training or self.p == 0:
-            self._mask = None if not self.training else np.ones(1, dtype=x.dtype)
-            return x
+            self._mask = None if not self.training else np.ones(1, dtype=a.dtype)
+            return a
         if self.p >= 1:
-            self._mask = np.zeros(x.shape, dtype=x.dtype)
+            self._mask = np.zeros(a.shape, dtype=a.dtype)
         else:
-            self._mask = (self._rng.random(x.shape) >= self.p).astype(x.dtype) / x.dtype.type(1 - self.p)
-        return x * self._mask
+            keep: np.ndarray = self._rng.random(a.shape) >= self.p
+            self._mask = keep.astype(a.dtype) / a.dtype.type(1 - self.p)
+        out: np.ndarray = a * self._mask
+        return out
 
-    def backward(self, dy) -> np.ndarray:
+    def backward(self, dy: ArrayLike) -> np.ndarray:
         if self._mask is None:
             raise _no_forward(self)
-        dy = np.asarray(dy)
-        dx = dy * self._mask
+        dx: np.ndarray = np.asarray(dy) * self._mask
         self._mask = None
         return dx
 
@@ -218,39 +228,41 @@ class Sequential(Module):
         inner = "\n".join(f"  ({i}): {m!r}" for i, m in enumerate(self.layers))
         return f"Sequential(\n{inner}\n)"
 
-    def children(self):
+    def children(self) -> Iterator[tuple[str, Module]]:
         """Named "0", "1", ... as in torch.nn.Sequential, so that state dicts match."""
         for i, m in enumerate(self.layers):
             yield str(i), m
 
-    def __getitem__(self, i):
+    def __getitem__(self, i: int) -> Module:
         return self.layers[i]
 
     def __len__(self) -> int:
         return len(self.layers)
 
-    def get_config(self) -> dict:
+    def get_config(self) -> dict[str, Any]:
         from fastrnn.io import module_config
         return {"layers": [module_config(m) for m in self.layers]}
 
     @classmethod
-    def from_config(cls, config: dict) -> "Sequential":
+    def from_config(cls, config: dict[str, Any]) -> "Sequential":
         from fastrnn.io import build_module
         return cls(*[build_module(c) for c in config["layers"]])
 
-    def __call__(self, x):
+    def __call__(self, x: Any) -> Any:
         return self.forward(x)
 
-    def forward(self, x):
+    def forward(self, x: Any) -> Any:
         for m in self.layers:
-            x = m(x)
+            layer: Any = m   # every module a Sequential holds is callable
+            x = layer(x)
             if isinstance(x, tuple):
                 x = x[0]
         return x
 
-    def backward(self, dy):
+    def backward(self, dy: Any) -> Any:
         for m in reversed(self.layers):
-            dy = m.backward(dy)
+            layer: Any = m
+            dy = layer.backward(dy)
             if isinstance(dy, tuple):
                 dy = dy[0]
             if dy is None:

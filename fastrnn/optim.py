@@ -13,25 +13,26 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW"]
 
 
-def _number(name: str, value, minimum: float = 0.0) -> float:
+def _number(name: str, value: object, minimum: float = 0.0) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
-    if not value >= minimum:
+    number = float(value)
+    if not number >= minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return float(value)
+    return number
 
 
 class Optimizer:
     """Base class: params is a dict name -> ndarray (the live arrays)."""
 
-    def __init__(self, params: Mapping[str, np.ndarray], **config) -> None:
+    def __init__(self, params: Mapping[str, np.ndarray], **config: Any) -> None:
         if not isinstance(params, Mapping) or not params:
             raise TypeError("params must be a non-empty dict of name -> ndarray (a module's .params)")
         for name, p in params.items():
@@ -46,7 +47,7 @@ class Optimizer:
         missing = [k for k in self.params if k not in grads]
         if missing:
             raise ValueError(f"step: grads lack {missing}")
-        out = {}
+        out: dict[str, np.ndarray] = {}
         for name, p in self.params.items():
             g = np.asarray(grads[name])
             if g.shape != p.shape:
@@ -60,10 +61,10 @@ class Optimizer:
         for name, p in self.params.items():
             self._update(name, p, grads[name].astype(p.dtype, copy=False), self.state[name])
 
-    def _update(self, name, p, g, state) -> None:
+    def _update(self, name: str, p: np.ndarray, g: np.ndarray, state: dict[str, np.ndarray]) -> None:
         raise NotImplementedError
 
-    def get_config(self) -> dict:
+    def get_config(self) -> dict[str, Any]:
         return dict(self.config)
 
     def state_dict(self) -> dict[str, np.ndarray]:
@@ -108,7 +109,7 @@ class SGD(Optimizer):
     Nesterov momentum and L2 weight decay (added to the gradient)."""
     _buffers = ("momentum_buffer",)
 
-    def __init__(self, params, lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0.0,
+    def __init__(self, params: Mapping[str, np.ndarray], lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0.0,
                  weight_decay: float = 0.0, nesterov: bool = False, maximize: bool = False) -> None:
         lr, momentum = _number("lr", lr), _number("momentum", momentum)
         dampening, weight_decay = _number("dampening", dampening), _number("weight_decay", weight_decay)
@@ -117,7 +118,7 @@ class SGD(Optimizer):
         super().__init__(params, lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                          nesterov=bool(nesterov), maximize=bool(maximize))
 
-    def _update(self, name, p, g, state) -> None:
+    def _update(self, name: str, p: np.ndarray, g: np.ndarray, state: dict[str, np.ndarray]) -> None:
         c = self.config
         if c["maximize"]:
             g = -g
@@ -140,7 +141,7 @@ class Adam(Optimizer):
     _buffers = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
     _decoupled = False
 
-    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
+    def __init__(self, params: Mapping[str, np.ndarray], lr: float = 1e-3, betas: Sequence[float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, amsgrad: bool = False, maximize: bool = False) -> None:
         lr, eps, weight_decay = _number("lr", lr), _number("eps", eps), _number("weight_decay", weight_decay)
         if not (isinstance(betas, (tuple, list)) and len(betas) == 2 and all(0 <= b < 1 for b in betas)):
@@ -148,7 +149,7 @@ class Adam(Optimizer):
         super().__init__(params, lr=lr, betas=[float(betas[0]), float(betas[1])], eps=eps,
                          weight_decay=weight_decay, amsgrad=bool(amsgrad), maximize=bool(maximize))
 
-    def _update(self, name, p, g, state) -> None:
+    def _update(self, name: str, p: np.ndarray, g: np.ndarray, state: dict[str, np.ndarray]) -> None:
         c = self.config
         beta1, beta2 = c["betas"]
         if c["maximize"]:
@@ -184,7 +185,7 @@ class AdamW(Adam):
     Default weight_decay 0.01, as PyTorch's."""
     _decoupled = True
 
-    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
+    def __init__(self, params: Mapping[str, np.ndarray], lr: float = 1e-3, betas: Sequence[float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.01, amsgrad: bool = False, maximize: bool = False) -> None:
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize)
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy.special import expit
 
-from fastrnn import _recurrence
+from fastrnn._kernels import recurrence as _recurrence
 
 ULP = 2.0 ** -24   # unit roundoff of float32 (half an ulp at 1)
 

@@ -11,7 +11,7 @@ from conftest import MODES, backward_layer, make_layer, run_layer
 def restore_threads():
     """Restores the thread count, and makes every loop worth splitting: the
     sizes here are small, and by default small loops stay on one thread."""
-    from fastrnn import _recurrence
+    from fastrnn._kernels import recurrence as _recurrence
     before = fastrnn.get_num_threads()
     threshold = _recurrence.parallel_threshold(0)
     yield

@@ -6,13 +6,15 @@ import os
 import sys
 import time
 from importlib import resources
+from importlib.resources.abc import Traversable
+from typing import Any
 
 import fastrnn
 
 DATA = "fastrnn.demos.data"
 
 
-def data_path(name: str):
+def data_path(name: str) -> Traversable:
     """A file shipped in fastrnn/demos/data (see SOURCES.md there)."""
     return resources.files(DATA).joinpath(name)
 
@@ -37,7 +39,7 @@ class Progress:
             self.bar = None
             self.desc, self.total, self.n, self.last, self.postfix = desc, total, 0, 0.0, ""
 
-    def update(self, n: int = 1, **postfix) -> None:
+    def update(self, n: int = 1, **postfix: Any) -> None:
         if self.bar is not None:
             self.bar.set_postfix(postfix, refresh=False)
             self.bar.update(n)
@@ -60,7 +62,7 @@ class Progress:
             self.bar.close()
 
 
-def pyplot():
+def pyplot() -> Any:
     """matplotlib.pyplot with a file-only backend, or None (with a note)."""
     try:
         import matplotlib

@@ -17,6 +17,7 @@ import gzip
 import math
 import os
 import time
+from typing import Any
 
 import numpy as np
 
@@ -44,14 +45,15 @@ def make_model(vocab: int, embed: int, hidden: int, layers: int, seed: int) -> n
                          nn.Linear(hidden, vocab, seed=seed + 3))
 
 
-def run_chunk(model, x, hx):
+def run_chunk(model: nn.Sequential, x: np.ndarray, hx: Any) -> tuple[np.ndarray, Any]:
     """logits (B, T, V) and the final state of one chunk."""
-    embed, lstm, drop, head = model.layers
+    layers: list[Any] = model.layers   # Embedding, LSTM, Dropout, Linear
+    embed, lstm, drop, head = layers
     out, state = lstm(embed(x), hx)
     return head(drop(out)), state
 
 
-def evaluate(model, data: np.ndarray, chunk: int) -> float:
+def evaluate(model: nn.Sequential, data: np.ndarray, chunk: int) -> float:
     """Mean cross-entropy (nats/char) over a (B, L) array of streams, the state
     carried along each stream."""
     model.eval()
@@ -68,7 +70,7 @@ def evaluate(model, data: np.ndarray, chunk: int) -> float:
     return total / count
 
 
-def sample(model, chars: str, prompt: str, length: int, temperature: float = 0.8, seed: int = 0) -> str:
+def sample(model: nn.Sequential, chars: str, prompt: str, length: int, temperature: float = 0.8, seed: int = 0) -> str:
     """prompt followed by length generated characters: the prompt primes the
     state, then each sampled character is fed back (one step at a time)."""
     index = {c: i for i, c in enumerate(chars)}
@@ -92,14 +94,14 @@ def sample(model, chars: str, prompt: str, length: int, temperature: float = 0.8
 
 def main(seed: int = 0, threads: int | None = None, quick: bool = False, out: str | None = None,
          minutes: float = 5.0, hidden: int = 256, layers: int = 1, batch: int = 32, chunk: int = 100,
-         lr: float = 3e-3) -> dict:
+         lr: float = 3e-3) -> dict[str, Any]:
     out = setup(seed, threads, out)
     text = load_text()
     chars = "".join(sorted(set(text)))
-    ids = np.frombuffer(text.encode("ascii"), dtype=np.uint8)
+    raw = np.frombuffer(text.encode("ascii"), dtype=np.uint8)
     lookup = np.zeros(256, dtype=np.int64)
     lookup[np.frombuffer(chars.encode("ascii"), dtype=np.uint8)] = np.arange(len(chars))
-    ids = lookup[ids]
+    ids = lookup[raw]
     split = int(len(ids) * 0.9)
     train, valid = streams(ids[:split], batch), streams(ids[split:], 16)
     if quick:
@@ -173,4 +175,6 @@ def sample_command(path: str, prompt: str, length: int, temperature: float, seed
     chars = (checkpoint.extra or {}).get("chars")
     if not isinstance(chars, str):
         raise ValueError(f"{path}: not a charlm model (no character list saved with it)")
+    if not isinstance(checkpoint.model, nn.Sequential):
+        raise ValueError(f"{path}: not a charlm model (a {type(checkpoint.model).__name__}, not a Sequential)")
     return sample(checkpoint.model, chars, prompt, length, temperature, seed)

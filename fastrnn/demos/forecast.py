@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
 import numpy as np
 
@@ -55,11 +56,11 @@ class Forecaster(nn.Module):
         self.head = nn.Linear(hidden, HORIZON, seed=seed + 1)
         self._config = dict(hidden=hidden, layers=layers, seed=seed)
 
-    def __call__(self, x, hx=None):
+    def __call__(self, x: np.ndarray, hx: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         out, h = self.rnn(x, hx)
         return self.head(out), h
 
-    def backward(self, dpred):
+    def backward(self, dpred: np.ndarray) -> np.ndarray:
         dx, _ = self.rnn.backward(self.head.backward(dpred))
         return dx
 
@@ -68,7 +69,7 @@ fastrnn.register(Forecaster)
 
 
 def main(seed: int = 0, threads: int | None = None, quick: bool = False, out: str | None = None,
-         seconds: float = 60.0, hidden: int = 64, layers: int = 2, batch: int = 32) -> dict:
+         seconds: float = 60.0, hidden: int = 64, layers: int = 2, batch: int = 32) -> dict[str, Any]:
     out = setup(seed, threads, out)
     rng = np.random.default_rng(seed)
     years, co2 = load_series()

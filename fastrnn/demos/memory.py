@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
 import numpy as np
 
@@ -29,7 +30,7 @@ from fastrnn.demos._common import Progress, pyplot, setup
 T = 100
 
 
-def adding_batch(rng: np.random.Generator, batch: int, steps: int = T):
+def adding_batch(rng: np.random.Generator, batch: int, steps: int = T) -> tuple[np.ndarray, np.ndarray]:
     """x (batch, steps, 2): values and markers; y (batch, 1): the marked sum."""
     values = rng.uniform(0, 1, (batch, steps)).astype(np.float32)
     first = rng.integers(0, steps // 2, batch)
@@ -48,17 +49,17 @@ class Adder(nn.Module):
     def __init__(self, cell: str, hidden: int, seed: int = 0) -> None:
         super().__init__()
         cls = {"RNN": fastrnn.RNN, "LSTM": fastrnn.LSTM}[cell]
-        self.rnn = cls(2, hidden, batch_first=True, seed=seed)
+        self.rnn: fastrnn.RNN | fastrnn.LSTM = cls(2, hidden, batch_first=True, seed=seed)
         self.head = nn.Linear(hidden, 1, seed=seed + 1)
         self._config = dict(cell=cell, hidden=hidden, seed=seed)
         self.cell = cell
 
-    def __call__(self, x):
+    def __call__(self, x: np.ndarray) -> np.ndarray:
         _, state = self.rnn(x)
         h_n = state[0] if isinstance(state, tuple) else state
         return self.head(h_n[-1])
 
-    def backward(self, dpred):
+    def backward(self, dpred: np.ndarray) -> np.ndarray:
         dh_n = self.head.backward(dpred)[None]              # the gradient reaches the final state only
         dx, _ = self.rnn.backward(None, dh_n)
         return dx                                           # (batch, T, 2)
@@ -67,7 +68,7 @@ class Adder(nn.Module):
 fastrnn.register(Adder)
 
 
-def train(model: Adder, rng, steps: int, batch: int, lr: float, bar_desc: str) -> list[float]:
+def train(model: Adder, rng: np.random.Generator, steps: int, batch: int, lr: float, bar_desc: str) -> list[float]:
     opt = optim.Adam(model.params, lr=lr)
     losses = []
     bar = Progress(total=steps, desc=bar_desc, unit="step")
@@ -85,17 +86,18 @@ def train(model: Adder, rng, steps: int, batch: int, lr: float, bar_desc: str) -
     return losses
 
 
-def gradient_per_step(model: Adder, x, y) -> np.ndarray:
+def gradient_per_step(model: Adder, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """||d loss / d x_t||, averaged over the batch, for t = 0 .. T-1."""
     model.train()
     loss, dpred = nn.mse_loss(model(x), y)
     dx = model.backward(dpred)
     model.zero_grad()
-    return np.linalg.norm(dx.astype(np.float64), axis=2).mean(axis=0)
+    norms: np.ndarray = np.linalg.norm(dx.astype(np.float64), axis=2).mean(axis=0)
+    return norms
 
 
 def main(seed: int = 0, threads: int | None = None, quick: bool = False, out: str | None = None,
-         steps: int = 3000, hidden: int = 64, batch: int = 64) -> dict:
+         steps: int = 3000, hidden: int = 64, batch: int = 64) -> dict[str, Any]:
     out = setup(seed, threads, out)
     if quick:
         steps, hidden = 150, 16
@@ -103,7 +105,7 @@ def main(seed: int = 0, threads: int | None = None, quick: bool = False, out: st
           f"RNN(2, {hidden}, tanh) and LSTM(2, {hidden}), each trained {steps} steps with Adam, batch {batch}, "
           f"{fastrnn.get_num_threads()} threads")
     test_x, test_y = adding_batch(np.random.default_rng(seed + 1000), 1000)
-    results = {}
+    results: dict[str, Any] = {}
     for cell, lr in (("RNN", 1e-3), ("LSTM", 2e-3)):
         model = Adder(cell, hidden, seed)
         rng = np.random.default_rng(seed)

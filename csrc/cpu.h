@@ -1,0 +1,47 @@
+/* What the CPU can run, asked at run time: a portable build (a wheel) carries
+ * the kernels twice, for any x86-64 CPU and for x86-64-v3 (AVX2, FMA), and
+ * fastrnn._kernels imports the second only where the CPU has them. */
+#ifndef FASTRNN_CPU_H
+#define FASTRNN_CPU_H
+
+#if defined(_MSC_VER) && !defined(__clang__) && (defined(_M_X64) || defined(_M_IX86))
+#include <intrin.h>
+#include <immintrin.h>
+static inline int fr_cpu_has_avx2_fma(void) {
+    int r[4];
+    __cpuid(r, 0);
+    if (r[0] < 7) return 0;
+    __cpuid(r, 1);
+    /* FMA, OSXSAVE and AVX, and the OS saving the ymm registers */
+    if (!((r[2] >> 12) & 1) || !((r[2] >> 27) & 1) || !((r[2] >> 28) & 1)) return 0;
+    if ((_xgetbv(0) & 6) != 6) return 0;
+    __cpuidex(r, 7, 0);
+    return (r[1] >> 5) & 1;
+}
+#elif (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
+static inline int fr_cpu_has_avx2_fma(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+#else
+static inline int fr_cpu_has_avx2_fma(void) { return 0; }
+#endif
+
+/* The instruction sets this module was compiled for (its -march). */
+static inline const char *fr_compiled_for(void) {
+#if defined(__AVX512F__)
+    return "avx512f avx2 fma";
+#elif defined(__AVX2__) && defined(__FMA__)
+    return "avx2 fma";
+#elif defined(__AVX__)
+    return "avx";
+#elif defined(__x86_64__) || defined(_M_X64)
+    return "x86-64 baseline (sse2)";
+#elif defined(__aarch64__) || defined(_M_ARM64)
+    return "aarch64 (neon)";
+#else
+    return "generic";
+#endif
+}
+
+#endif

@@ -1,0 +1,33 @@
+# Types of the compiled kernels (fastrnn/_recurrence.pyx).  The arrays are
+# C-contiguous float32 or float64 ndarrays, all of one dtype per call; shapes
+# and IN/OUT roles are documented beside each argument in the .pyx.
+from typing import Optional
+
+import numpy as np
+from numpy.typing import NDArray
+
+_Floats = NDArray[np.floating]
+_Indices = NDArray[np.intp]
+
+CELLS: dict[str, int]
+GATES: dict[int, int]
+
+def parallel_threshold(flops: Optional[float] = ...) -> float: ...
+def cpu_has_avx2_fma() -> bool: ...
+def compiled_for() -> str: ...
+def openmp_enabled() -> bool: ...
+def openmp_max_threads() -> int: ...
+def activation(name: str, x: _Floats, out: _Floats) -> None: ...
+def forward(cell: int, y: _Floats, h_n: _Floats, c_n: _Floats, gates: _Floats, saved: _Floats,
+            h_prev: _Floats, x: _Floats, weight_ih: _Floats, weight_hh: _Floats, bias_ih: _Floats,
+            bias_hh: _Floats, h_0: _Floats, c_0: _Floats, batch_sizes: _Indices, reverse: bool,
+            n_threads: int, y_rows: Optional[_Indices] = ...) -> None: ...
+def backward(cell: int, dx: _Floats, dh_0: _Floats, dc_0: _Floats, dweight_ih: _Floats,
+             dweight_hh: _Floats, dbias_ih: _Floats, dbias_hh: _Floats, gates: _Floats,
+             saved: _Floats, h_prev: _Floats, dy: _Floats, dh_n: _Floats, dc_n: _Floats, x: _Floats,
+             weight_ih: _Floats, weight_hh: _Floats, c_0: _Floats, batch_sizes: _Indices,
+             reverse: bool, accumulate_dx: bool, n_threads: int,
+             dy_rows: Optional[_Indices] = ...) -> None: ...
+def linear_forward(y: _Floats, x: _Floats, weight: _Floats, bias: _Floats, n_threads: int) -> None: ...
+def linear_backward(dx: _Floats, dweight: _Floats, dbias: _Floats, dy: _Floats, x: _Floats,
+                    weight: _Floats, n_threads: int) -> None: ...
