@@ -38,6 +38,7 @@
 import threading
 
 import numpy as np
+from cpython.exc cimport PyErr_CheckSignals
 from cython.parallel cimport parallel, prange
 from libc.string cimport memcpy
 
@@ -282,6 +283,73 @@ cdef void call_ended() noexcept:
 cdef Py_ssize_t CHUNK_ROWS = 256
 
 
+# --- Ctrl-C during a long call ----------------------------------------------------
+# The time loops run without the GIL, so Python's SIGINT handler (which raises
+# KeyboardInterrupt) would run only when the call ends.  When the kernel is
+# called from the main thread (the only one where Python runs signal
+# handlers), thread 0 runs them every CHECK_SECONDS, at a barrier: it proposes
+# a check before the barrier (every thread reads the proposal after it, in
+# one of two slots that alternate, so that the next proposal never lands in
+# a slot still being read), runs the handlers with the GIL, and after one
+# more barrier every thread knows whether to leave its loop.  The caller
+# then raises the handler's exception; outputs and gradients are left
+# unwritten (a forward) or unchanged (a backward's weight gradients).
+cdef double CHECK_SECONDS = 0.05
+_main_thread_id = threading.main_thread().ident
+_pending = None        # the exception a signal handler raised during a kernel
+
+
+cdef struct Interrupt:
+    bint enabled        # called from the main thread: signal handlers can run
+    double next_check   # thread 0's clock
+    bint check[2]       # a check at the barrier ending a block of steps (by parity)
+    bint stop           # a handler raised: every thread leaves its loop
+
+
+cdef void interrupt_init(Interrupt *it) noexcept:
+    it.enabled = threading.get_ident() == _main_thread_id
+    it.next_check = fr_omp_get_wtime() + CHECK_SECONDS
+    it.check[0] = it.check[1] = False
+    it.stop = False
+
+
+cdef bint run_signal_handlers() noexcept with gil:
+    global _pending
+    try:
+        PyErr_CheckSignals()
+    except BaseException as exc:   # KeyboardInterrupt, or what a user's handler raises
+        _pending = exc
+        return True
+    return False
+
+
+cdef inline void interrupt_propose(Interrupt *it, int tid, Py_ssize_t block) noexcept nogil:
+    """Before the barrier ending block `block`: thread 0 proposes a check when due."""
+    if tid == 0 and it.enabled and fr_omp_get_wtime() >= it.next_check:
+        it.check[block & 1] = True
+
+
+cdef inline bint interrupt_stop(Interrupt *it, int tid, Py_ssize_t block, fr_barrier *barrier,
+                                int *sense) noexcept nogil:
+    """After that barrier, in every thread: whether to leave the loop."""
+    if not it.check[block & 1]:
+        return False
+    if tid == 0:
+        it.stop = run_signal_handlers()
+        it.next_check = fr_omp_get_wtime() + CHECK_SECONDS
+    fr_barrier_wait(barrier, sense)    # every thread has read the proposal; the verdict is out
+    if tid == 0:
+        it.check[block & 1] = False
+    return it.stop
+
+
+def _raise_pending():
+    """Raise what a signal handler raised during the kernel just ended."""
+    global _pending
+    exc, _pending = _pending, None
+    raise exc if exc is not None else KeyboardInterrupt()
+
+
 # --- forward ------------------------------------------------------------------
 
 cdef void forward_thread(
@@ -308,7 +376,8 @@ cdef void forward_thread(
         floating *xw, Py_ssize_t chunk,    # (chunk, W) scratch: x @ weight_ih.T of a chunk of steps
         floating *hw,                      # (B, W) scratch: h @ weight_hh.T of a step
         floating *rh,                      # (B, H) scratch: GRU_RESET_BEFORE's r * h of a step
-        floating *xg) noexcept nogil:      # (chunk, I) scratch of this thread: x rows gathered
+        floating *xg,                      # (chunk, I) scratch of this thread: x rows gathered
+        Interrupt *intr) noexcept nogil:   # Ctrl-C: checked after each chunk of steps
     """Thread tid's part of the forward over the whole sequence: its share of
     the units, for every row and step.  W = G * P * nr is the packed width."""
     cdef Py_ssize_t nr = panel_width(<floating>0), P = (H + nr - 1) // nr
@@ -325,6 +394,7 @@ cdef void forward_thread(
     cdef const floating *a
     cdef int sense = 0
     cdef bint busy = n > 0
+    cdef Py_ssize_t block = 0
 
     if busy:
         for g in range(G):
@@ -405,7 +475,12 @@ cdef void forward_thread(
                             memcpy(saved + r * H + u0, rh + j * H + u0, row_bytes)
                         else:
                             memcpy(saved + r * H + u0, hn + j * H + u0, row_bytes)
+            if s == s1 - 1:
+                interrupt_propose(intr, tid, block)
             fr_barrier_wait(barrier, &sense)    # every thread's share of h' is in place
+        if interrupt_stop(intr, tid, block, barrier, &sense):
+            return
+        block += 1
         s0 = s1
 
     if busy:   # each row's state after its own last step
@@ -467,6 +542,8 @@ def forward(int cell,
     cdef floating *h_prev_ptr = &h_prev[0, 0] if training else NULL
     cdef fr_barrier barrier
     fr_barrier_init(&barrier, 1)
+    cdef Interrupt intr
+    interrupt_init(&intr)
     if cell == LSTM:
         c_n[:, :] = c_0
 
@@ -480,8 +557,10 @@ def forward(int cell,
                        &y[0, 0], y.strides[0] // sizeof(floating), y_rows_ptr, &h_n[0, 0], c_ptr,
                        gates_ptr, saved_ptr, h_prev_ptr, &x[0, 0], &weight_ih[0, 0], &weight_hh[0, 0],
                        &bias_ih[0], &bias_hh[0], &h_0[0, 0], hbuf, packed_ih, packed_hh,
-                       bias, xw, chunk, hw, rh, xg + tid * padded(xg_size * f) // f)
+                       bias, xw, chunk, hw, rh, xg + tid * padded(xg_size * f) // f, &intr)
     call_ended()
+    if intr.stop:
+        _raise_pending()
 
 
 # --- products over all rows, for the gradients ----------------------------------
@@ -579,6 +658,9 @@ cdef void pack_columns(floating *packed, const floating *s, Py_ssize_t lds, Py_s
 
 # --- backward -----------------------------------------------------------------
 
+cdef Py_ssize_t BACKWARD_BLOCK = 64   # steps between two chances to check for Ctrl-C
+
+
 cdef void backward_thread(
         int cell, const Steps *steps, Py_ssize_t B, Py_ssize_t H, Py_ssize_t G,
         int tid, int nt, fr_barrier *barrier,
@@ -595,7 +677,8 @@ cdef void backward_thread(
         floating *packed,                  # (P*nr*K) scratch: weight_hh[:K] packed by columns
         floating *packed_hn,               # (P*nr*H) scratch: GRU_RESET_BEFORE's W_hn packed by columns
         floating *drh,                     # (B, H) scratch: GRU_RESET_BEFORE's gradient of r * h
-        floating *dhw) noexcept nogil:     # (2, B, G*H) scratch: dhw of even and odd steps
+        floating *dhw,                     # (2, B, G*H) scratch: dhw of even and odd steps
+        Interrupt *intr) noexcept nogil:   # Ctrl-C: checked every BACKWARD_BLOCK steps
     """Thread tid's part of backpropagation through time: its share of the
     units, every row, every step from the last.  K, the rows of weight_hh that
     multiply h directly, is G*H but for GRU_RESET_BEFORE (2*H: r and z)."""
@@ -609,6 +692,7 @@ cdef void backward_thread(
     cdef floating *d
     cdef int sense = 0
     cdef bint busy = n > 0
+    cdef Py_ssize_t block
     # the GRUs' pointwise backward leaves in dh the direct part of h's gradient
     cdef bint add_to_dh = cell == GRU or cell == GRU_RESET_BEFORE
     if busy:
@@ -645,7 +729,13 @@ cdef void backward_thread(
                     r = row_at(steps, s, j)
                     gru_reset_before_reset_backward_step(n, H, gates + r * GH + u0, d + j * GH + u0,
                                                          drh + j * H + u0, h_prev + r * H + u0, dh + j * H + u0)
+        block = (S - 1 - s) // BACKWARD_BLOCK
+        if (S - 1 - s) % BACKWARD_BLOCK == BACKWARD_BLOCK - 1:
+            interrupt_propose(intr, tid, block)
         fr_barrier_wait(barrier, &sense)    # every thread's share of dhw is in place
+        if (S - 1 - s) % BACKWARD_BLOCK == BACKWARD_BLOCK - 1 and interrupt_stop(intr, tid, block, barrier,
+                                                                                   &sense):
+            return
     if busy:   # the gradient of the initial state
         rgemm(steps.batch_sizes[0], n, K, dhw, GH, packed + sp.p0 * nr * K, dh + u0, H, add_to_dh)
 
@@ -703,6 +793,8 @@ def backward(int cell,
     cdef const floating *c_0_ptr = &c_0[0, 0] if cell == LSTM else NULL
     cdef fr_barrier barrier
     fr_barrier_init(&barrier, 1)
+    cdef Interrupt intr
+    interrupt_init(&intr)
     dh_0[:, :] = dh_n
     if cell == LSTM:
         dc_0[:, :] = dc_n
@@ -715,7 +807,10 @@ def backward(int cell,
         fr_omp_barrier()
         backward_thread(cell, &steps, B, H, G, tid, team, &barrier, &gates[0, 0], saved_ptr, &h_prev[0, 0],
                         &dy[0, 0], dy.strides[0] // sizeof(floating), dy_rows_ptr, &dh_0[0, 0], dc_ptr, c_0_ptr,
-                        &weight_hh[0, 0], packed, packed_hn, drh, dhw)
+                        &weight_hh[0, 0], packed, packed_hn, drh, dhw, &intr)
+    if intr.stop:   # before any weight gradient changed
+        call_ended()
+        _raise_pending()
 
     # gates now holds dxw, the gradient of x @ weight_ih.T, for every row; the
     # gradient of the recurrent products is the same, but for the GRU's n

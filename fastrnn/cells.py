@@ -11,6 +11,8 @@ The step runs the same compiled kernel as the layers, on a sequence of one step.
 """
 from __future__ import annotations
 
+import contextlib
+import threading
 from typing import Any, Optional, Union
 
 import numpy as np
@@ -28,12 +30,13 @@ Seed = Union[int, np.random.Generator, None]
 
 class _Step:
     """What a training forward step keeps for its backward."""
-    __slots__ = ("batched", "x", "gates", "saved", "h_prev", "c_0")
+    __slots__ = ("batched", "x", "gates", "saved", "h_prev", "c_0", "thread")
 
     def __init__(self, batched: bool, x: np.ndarray, gates: np.ndarray, saved: np.ndarray,
                  h_prev: np.ndarray, c_0: np.ndarray) -> None:
         self.batched, self.x, self.gates, self.saved, self.h_prev, self.c_0 = (
             batched, x, gates, saved, h_prev, c_0)
+        self.thread = threading.get_ident()
 
 
 class _CellBase(Module):
@@ -65,6 +68,7 @@ class _CellBase(Module):
         self._no_rows = np.empty((0, H), dtype=self.dtype)
         self._no_bias = np.empty(0, dtype=self.dtype)
         self._steps: list[_Step] = []
+        self._training_lock = threading.Lock()   # training steps from several threads: one at a time
 
     def __repr__(self) -> str:
         extra = "" if self.bias else ", bias=False"
@@ -111,6 +115,11 @@ class _CellBase(Module):
 
     def _step_forward(self, user_x: ArrayLike, hx: Optional[ArrayLike],
                       user_c: Optional[ArrayLike]) -> tuple[np.ndarray, np.ndarray]:
+        with self._training_lock if self.training else contextlib.nullcontext():
+            return self._step_forward_locked(user_x, hx, user_c)
+
+    def _step_forward_locked(self, user_x: ArrayLike, hx: Optional[ArrayLike],
+                             user_c: Optional[ArrayLike]) -> tuple[np.ndarray, np.ndarray]:
         x, batched = self._check_input(user_x)
         B, H, G = x.shape[0], self.hidden_size, _recurrence.GATES[self._cell]
         is_lstm = self.mode == "LSTM"
@@ -140,11 +149,19 @@ class _CellBase(Module):
 
     def _step_backward(self, dh: Optional[ArrayLike],
                        dc: Optional[ArrayLike]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        with self._training_lock:
+            return self._step_backward_locked(dh, dc)
+
+    def _step_backward_locked(self, dh: Optional[ArrayLike],
+                              dc: Optional[ArrayLike]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if not self._steps:
             why = "the cell is in eval mode" if not self.training else "every forward step has had its backward"
             raise ValueError(f"backward: no stored forward step to differentiate ({why}); call the cell "
                              "in training mode (cell.train()) before backward")
         step = self._steps[-1]
+        if step.thread != threading.get_ident():
+            raise RuntimeError("backward: the cell's latest training step ran in another thread; to train "
+                               "from several threads, give each thread its own cell")
         B, H, is_lstm = step.x.shape[0], self.hidden_size, self.mode == "LSTM"
         dh = self._check_state("dh", dh, B, step.batched)
         dc = self._check_state("dc", dc, B, step.batched) if is_lstm else self._no_rows

@@ -11,6 +11,8 @@ fastrnn._recurrence run one (layer, direction) over the whole sequence each.
 """
 from __future__ import annotations
 
+import contextlib
+import threading
 import warnings
 from typing import Any, Optional, Sequence, Union
 
@@ -118,6 +120,7 @@ class _Tape:
         self.out_shape = out_shape   # shape of the output as returned
         self.layers = layers
         self.c_0 = c_0               # LSTM initial cell state, packed order
+        self.thread = threading.get_ident()   # only this thread's backward may consume it
 
 
 class _RNNBase(Module):
@@ -163,6 +166,10 @@ class _RNNBase(Module):
         self._no_rows = np.empty((0, H), dtype=self.dtype)
         self._no_bias = np.empty(0, dtype=self.dtype)
         self._tape: _Tape | None = None
+        # training calls (forward keeping a tape, backward adding into grads)
+        # from several threads run one at a time; eval-mode calls share the
+        # layer freely (they write nothing to it)
+        self._training_lock = threading.Lock()
 
     @property
     def num_directions(self) -> int:
@@ -267,6 +274,11 @@ class _RNNBase(Module):
     def _forward(self, x: ArrayLike, hx: Any,
                  lengths: Optional[ArrayLike]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """The forward of every layer: (y, h_n, c_n or None), see forward."""
+        with self._training_lock if self.training else contextlib.nullcontext():
+            return self._forward_locked(x, hx, lengths)
+
+    def _forward_locked(self, x: ArrayLike, hx: Any,
+                        lengths: Optional[ArrayLike]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         x3d, batched = self._check_input(x)
         T, B = x3d.shape[0], x3d.shape[1]
         h_0, c_0 = self._check_hx(hx, B, batched)
@@ -279,6 +291,7 @@ class _RNNBase(Module):
 
         training, is_lstm = self.training, self.mode == "LSTM"
         packing = Packing(T, B, lengths_arr)
+        self._tape = None   # a new forward replaces the last one's, even if it does not complete
         inp = packing.pack(x3d)
         h_0 = packing.to_packed(h_0)
         if c_0 is not None:
@@ -295,24 +308,38 @@ class _RNNBase(Module):
         h_n = np.empty((self.num_layers * D, B, H), dtype=dtype)
         c_n = np.empty_like(h_n) if is_lstm else None
         no_gates = np.empty((0, G * H), dtype=dtype)
+        L = self.num_layers
+        # every buffer first, so that a call too big for memory fails before any work
+        try:
+            outputs: list[tuple[np.ndarray, np.ndarray | None]] = []
+            tapes: list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = []
+            for layer in range(L):
+                if layer == L - 1:   # straight into the padded output
+                    outputs.append(packing.padded_output(D * H, dtype))
+                elif training or layer < 2:
+                    outputs.append((np.empty((N, D * H), dtype=dtype), None))
+                else:   # inference: two buffers in turn
+                    outputs.append(outputs[layer - 2])
+                if training:
+                    # the RNN keeps no gates: its backward turns saved (h') into them
+                    tapes.append([(saved, saved, np.empty((N, H), dtype=dtype)) if G == 1 else
+                                  (np.empty((N, G * H), dtype=dtype), saved, np.empty((N, H), dtype=dtype))
+                                  for saved in (np.empty((N, H), dtype=dtype) for _ in range(D))])
+        except MemoryError:
+            rows = T * B if packing.order is not None else N
+            count = rows * D * H + (L - 1 if training else min(L - 1, 2)) * N * D * H
+            if training:
+                count += L * D * N * H * (2 + (G if G > 1 else 0))
+            raise MemoryError(f"{type(self).__name__}.forward needs {_size(count * dtype.itemsize)} for its "
+                              f"output{' and what backward keeps' if training else ''} (T={T}, B={B}); "
+                              "nothing was computed, the layer is unchanged") from None
         layers: list[_LayerTape] = []
-        for layer in range(self.num_layers):
-            last = layer == self.num_layers - 1
-            if last:   # straight into the padded output
-                y, y_rows = packing.padded_output(D * H, dtype)
-            else:
-                y, y_rows = np.empty((N, D * H), dtype=dtype), None
-            directions: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        for layer in range(L):
+            y, y_rows = outputs[layer]
+            directions = tapes[layer] if training else []
             for d in range(D):
                 i = layer * D + d
-                if training:
-                    saved = np.empty((N, H), dtype=dtype)
-                    # the RNN keeps no gates: its backward turns saved (h') into them
-                    gates = saved if G == 1 else np.empty((N, G * H), dtype=dtype)
-                    h_prev = np.empty((N, H), dtype=dtype)
-                    directions.append((gates, saved, h_prev))
-                else:
-                    gates, saved, h_prev = no_gates, no_rows, no_rows
+                gates, saved, h_prev = directions[d] if training else (no_gates, no_rows, no_rows)
                 w_ih, w_hh, b_ih, b_hh = self._params_of(layer, d)
                 _recurrence.forward(
                     self._cell, y[:, d * H:(d + 1) * H], h_n[i], _row(c_n, i, no_rows),
@@ -342,12 +369,21 @@ class _RNNBase(Module):
 
     def _backward(self, dy: Optional[ArrayLike], dh_n: Optional[ArrayLike],
                   dc_n: Optional[ArrayLike]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        with self._training_lock:
+            return self._backward_locked(dy, dh_n, dc_n)
+
+    def _backward_locked(self, dy: Optional[ArrayLike], dh_n: Optional[ArrayLike],
+                         dc_n: Optional[ArrayLike]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         tape = self._tape
         if tape is None:
             why = "the layer is in eval mode" if not self.training else "forward has not been called since " \
                   "the last backward"
             raise ValueError(f"backward: no stored forward pass to differentiate ({why}); call the layer "
                              "in training mode (layer.train()) before backward")
+        if tape.thread != threading.get_ident():
+            raise RuntimeError("backward: the layer's last training forward ran in another thread, so this "
+                               "thread's forward was replaced by it; to train from several threads, give each "
+                               "thread its own layer (copy the parameters with load_state_dict)")
         packing, batched, is_lstm = tape.packing, tape.batched, self.mode == "LSTM"
         L, D, H, B = self.num_layers, self.num_directions, self.hidden_size, packing.B
         dtype = self.dtype
@@ -368,13 +404,25 @@ class _RNNBase(Module):
         dh_n_packed = grads_in[0]
         dc_n_packed = grads_in[1] if is_lstm else None
 
-        # every check passed: from here on the layer's grads change
+        # every check passed: from here on the layer's grads change, and the
+        # kernels consume the tape's buffers (even if interrupted by Ctrl-C)
+        self._tape = None
         threads, no_rows = get_num_threads(), self._no_rows
-        dh_0 = np.empty((L * D, B, H), dtype=dtype)
-        dc_0 = np.empty_like(dh_0) if is_lstm else None
+        # every buffer first, so that a call too big for memory fails before any gradient changes:
+        # the input gradient of each layer, the layers above the first taking two buffers in turn
+        try:
+            dh_0 = np.empty((L * D, B, H), dtype=dtype)
+            dc_0 = np.empty_like(dh_0) if is_lstm else None
+            dxs = [np.empty_like(tape.layers[0][0])] + [np.empty((packing.N, D * H), dtype=dtype)
+                                                        for _ in range(min(L - 1, 2))]
+        except MemoryError:
+            count = packing.N * (tape.layers[0][0].shape[1] + min(L - 1, 2) * D * H)
+            self._tape = tape   # unused: backward can be called again
+            raise MemoryError(f"{type(self).__name__}.backward needs {_size(count * dtype.itemsize)} for the "
+                              "input gradients; nothing was computed, the gradients are unchanged") from None
         for layer in reversed(range(L)):
             inp, directions, _ = tape.layers[layer]
-            dx = np.empty_like(inp)
+            dx = dxs[0] if layer == 0 else dxs[1 + (layer - 1) % 2]
             for d in range(D):
                 i = layer * D + d
                 gates, saved, h_prev = directions[d]
@@ -391,7 +439,6 @@ class _RNNBase(Module):
             if mask is not None:
                 dx *= mask
             d_out = dx
-        self._tape = None  # the kernels consumed its buffers
 
         dx = packing.unpack(d_out)
         if batched and self.batch_first:
@@ -408,6 +455,10 @@ class _RNNBase(Module):
 
 def _suffix(layer: int, direction: int) -> str:
     return f"_l{layer}" + ("_reverse" if direction == 1 else "")
+
+
+def _size(nbytes: int) -> str:
+    return f"{nbytes} bytes ({nbytes / 2**30:.2f} GiB)"
 
 
 def _row(states: np.ndarray | None, i: int, absent: np.ndarray) -> np.ndarray:

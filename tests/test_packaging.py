@@ -13,7 +13,7 @@ import pytest
 
 import fastrnn
 from fastrnn import _kernels
-from tests.conftest import require, subprocess_env
+from conftest import require, subprocess_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.dirname(os.path.abspath(fastrnn.__file__))
