@@ -3,6 +3,8 @@
 Environment switches:
   FASTRNN_DEBUG=1        Cython bounds and initialisation checks on, -O0 -g
   FASTRNN_NO_OPENMP=1    build without OpenMP (single-threaded)
+  FASTRNN_SANITIZE=1     AddressSanitizer and UndefinedBehaviorSanitizer (gcc, clang;
+                         run with libasan preloaded: tools/sanitize.sh)
   FASTRNN_ARCH=...       native (the default): for the machine building it;
                          portable: for any CPU of the platform, plus, on
                          x86-64, a second build of the kernels for x86-64-v3
@@ -20,6 +22,7 @@ from setuptools.command.build_ext import build_ext
 
 DEBUG = os.environ.get("FASTRNN_DEBUG", "") not in ("", "0")
 NO_OPENMP = os.environ.get("FASTRNN_NO_OPENMP", "") not in ("", "0")
+SANITIZE = os.environ.get("FASTRNN_SANITIZE", "") not in ("", "0")
 ARCH = os.environ.get("FASTRNN_ARCH", "native")
 X86_64 = platform.machine().lower() in ("x86_64", "amd64")
 # flags for the x86-64-v3 build of a portable build, by compiler: the first accepted
@@ -70,6 +73,7 @@ class BuildExt(build_ext):
     def build_extensions(self):
         compiler = self.compiler
         is_msvc = compiler.compiler_type == "msvc"
+        sanitize_link: list[str] = []
         if is_msvc:
             cflags = ["/O2", "/fp:precise"]
             omp_compile, omp_link = ["/openmp"], []
@@ -84,6 +88,10 @@ class BuildExt(build_ext):
                 cflags += ["--param", "vect-max-version-for-alias-checks=256"]
             if ARCH not in ("", "none", "portable") and compiler_accepts(compiler, [f"-march={ARCH}"], link=False):
                 cflags.append(f"-march={ARCH}")
+            if SANITIZE:   # every error is fatal, so that a run with no report is a clean run
+                sanitize = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]
+                cflags += sanitize + ["-g"]
+                sanitize_link = sanitize
             omp_compile, omp_link = ["-fopenmp"], ["-fopenmp"]
             if sys.platform == "darwin":
                 omp_compile, omp_link = ["-Xpreprocessor", "-fopenmp"], ["-lomp"]
@@ -101,6 +109,7 @@ class BuildExt(build_ext):
             "cflags": " ".join(cflags + omp_compile),
             "openmp": use_openmp,
             "debug": DEBUG,
+            "sanitize": SANITIZE,
             "arch": ARCH,
         }
         avx2 = []
@@ -122,7 +131,7 @@ class BuildExt(build_ext):
                 f.write(f"BUILD_INFO = {build_info!r}\n")
         for ext in self.extensions:
             ext.extra_compile_args = cflags + (avx2 if ext.name.endswith("_avx2") else []) + omp_compile
-            ext.extra_link_args = omp_link
+            ext.extra_link_args = omp_link + sanitize_link
         super().build_extensions()
 
 

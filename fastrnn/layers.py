@@ -170,6 +170,7 @@ class _RNNBase(Module):
         # from several threads run one at a time; eval-mode calls share the
         # layer freely (they write nothing to it)
         self._training_lock = threading.Lock()
+        self._replaced: set[int] = set()   # threads whose unused tape another thread's forward replaced
 
     @property
     def num_directions(self) -> int:
@@ -291,6 +292,8 @@ class _RNNBase(Module):
 
         training, is_lstm = self.training, self.mode == "LSTM"
         packing = Packing(T, B, lengths_arr)
+        if self._tape is not None and self._tape.thread != threading.get_ident():
+            self._replaced.add(self._tape.thread)
         self._tape = None   # a new forward replaces the last one's, even if it does not complete
         inp = packing.pack(x3d)
         h_0 = packing.to_packed(h_0)
@@ -375,12 +378,18 @@ class _RNNBase(Module):
     def _backward_locked(self, dy: Optional[ArrayLike], dh_n: Optional[ArrayLike],
                          dc_n: Optional[ArrayLike]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         tape = self._tape
+        me = threading.get_ident()
+        if me in self._replaced and (tape is None or tape.thread != me):
+            self._replaced.discard(me)
+            raise RuntimeError("backward: this thread's training forward was replaced by another thread's "
+                               "forward on the same layer; to train from several threads, give each thread "
+                               "its own layer (copy the parameters with load_state_dict)")
         if tape is None:
             why = "the layer is in eval mode" if not self.training else "forward has not been called since " \
                   "the last backward"
             raise ValueError(f"backward: no stored forward pass to differentiate ({why}); call the layer "
                              "in training mode (layer.train()) before backward")
-        if tape.thread != threading.get_ident():
+        if tape.thread != me:
             raise RuntimeError("backward: the layer's last training forward ran in another thread, so this "
                                "thread's forward was replaced by it; to train from several threads, give each "
                                "thread its own layer (copy the parameters with load_state_dict)")
