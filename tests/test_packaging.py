@@ -103,6 +103,6 @@ def test_kernel_builds_agree(tmp_path):
     for kernels in ("", "baseline"):
         path = str(tmp_path / f"kernels_{kernels or 'default'}.npy")
         env = dict(subprocess_env(), FASTRNN_KERNELS=kernels)
-        subprocess.run([sys.executable, "-c", code, path], check=True, env=env)
+        subprocess.run([sys.executable, "-c", code, path], check=True, env=env, cwd=tmp_path)
         outs.append(np.load(path))
     np.testing.assert_allclose(outs[0], outs[1], rtol=0, atol=1e-5)

@@ -274,12 +274,13 @@ print("usable")
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 @pytest.mark.parametrize("which", ["forward", "backward"])
 @pytest.mark.parametrize("mode", ["RNN_TANH", "LSTM", "GRU", "GRU_RESET_BEFORE"])
-def test_ctrl_c_interrupts_a_long_call(mode, which):
+def test_ctrl_c_interrupts_a_long_call(mode, which, tmp_path):
     """SIGINT during a forward or backward over T = 3,000,000 steps raises
     KeyboardInterrupt before the call ends; a backward leaves the gradients
     unchanged; the layer works afterwards."""
+    # cwd: not the source folder, which would shadow an installed fastrnn
     result = subprocess.run([sys.executable, "-c", SIGINT_CHILD, mode, which], capture_output=True, text=True,
-                            env=subprocess_env(), timeout=300)
+                            env=subprocess_env(), cwd=tmp_path, timeout=300)
     lines = result.stdout.split()
     assert result.returncode == 0, result.stderr
     assert "interrupted" in lines, result.stdout
@@ -317,9 +318,9 @@ print("usable")
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS")
-def test_memory_error_names_the_bytes_and_leaves_the_layer_usable():
+def test_memory_error_names_the_bytes_and_leaves_the_layer_usable(tmp_path):
     result = subprocess.run([sys.executable, "-c", MEMORY_CHILD], capture_output=True, text=True,
-                            env=subprocess_env(), timeout=300)
+                            env=subprocess_env(), cwd=tmp_path, timeout=300)
     assert result.returncode == 0, result.stderr
     errors = [line for line in result.stdout.splitlines() if line.startswith("MemoryError")]
     assert len(errors) == 2, result.stdout

@@ -9,10 +9,12 @@ uniformly among the 73 characters costs log(73) = 4.29), saves the model, and
 generates text from a prompt, one character at a time (one-to-many).
 
     fastrnn demo charlm [--minutes 5] [--quick]
+    mpirun -n 2 fastrnn demo charlm [--quick]          (data-parallel: fastrnn.mpi)
     fastrnn sample fastrnn-demo-output/charlm.npz --prompt "HAMLET." --length 400
 """
 from __future__ import annotations
 
+import contextlib
 import gzip
 import math
 import os
@@ -22,7 +24,7 @@ from typing import Any
 import numpy as np
 
 import fastrnn
-from fastrnn import nn, optim
+from fastrnn import mpi, nn, optim
 from fastrnn.demos._common import Progress, data_path, setup
 
 
@@ -95,6 +97,23 @@ def sample(model: nn.Sequential, chars: str, prompt: str, length: int, temperatu
 def main(seed: int = 0, threads: int | None = None, quick: bool = False, out: str | None = None,
          minutes: float = 5.0, hidden: int = 256, layers: int = 1, batch: int = 32, chunk: int = 100,
          lr: float = 3e-3) -> dict[str, Any]:
+    # under mpirun: each rank trains on its share of the streams, gradients
+    # averaged across ranks every step; rank 0 alone reports and saves
+    comm = mpi.world()
+    rank = comm.Get_rank() if comm is not None else 0
+    if comm is not None and threads is None:
+        threads = mpi.local_threads(comm)
+    quiet = open(os.devnull, "w") if rank != 0 else None
+    with contextlib.redirect_stdout(quiet) if quiet is not None else contextlib.nullcontext():
+        try:
+            return _train(comm, rank, seed, threads, quick, out, minutes, hidden, layers, batch, chunk, lr)
+        finally:
+            if quiet is not None:
+                quiet.close()
+
+
+def _train(comm: Any, rank: int, seed: int, threads: int | None, quick: bool, out: str | None,
+           minutes: float, hidden: int, layers: int, batch: int, chunk: int, lr: float) -> dict[str, Any]:
     out = setup(seed, threads, out)
     text = load_text()
     chars = "".join(sorted(set(text)))
@@ -107,13 +126,17 @@ def main(seed: int = 0, threads: int | None = None, quick: bool = False, out: st
     if quick:
         minutes, hidden, train, valid = 0.1, 64, train[:, :4000], valid[:, :400]
 
-    model = make_model(len(chars), 32, hidden, layers, seed)
+    model = make_model(len(chars), 32, hidden, layers, seed + rank)   # dropout differs by rank
+    mpi.broadcast_parameters(model, comm)                              # the parameters do not
+    ranks = comm.Get_size() if comm is not None else 1
+    train = train[mpi.shard(batch, comm)]
     opt = optim.Adam(model.params, lr=lr)
     params = sum(p.size for p in model.params.values())
     print(f"charlm: {len(text):,} characters ({len(chars)} distinct), {split:,} to train on; "
           f"Embedding({len(chars)}, 32) -> LSTM(32, {hidden}, num_layers={layers}) -> Dropout(0.2) -> "
           f"Linear({hidden}, {len(chars)}), {params:,} parameters; batch {batch} x {chunk} characters; "
-          f"{fastrnn.get_num_threads()} threads; {minutes:g} minutes")
+          f"{fastrnn.get_num_threads()} threads" + (f" x {ranks} MPI ranks" if ranks > 1 else "")
+          + f"; {minutes:g} minutes")
     print(f"uniform guessing: {math.log(len(chars)):.2f} nats/char")
     budget = minutes * 60
     steps_per_epoch = math.ceil((train.shape[1] - 1) / chunk)
@@ -131,13 +154,16 @@ def main(seed: int = 0, threads: int | None = None, quick: bool = False, out: st
             logits, hx = run_chunk(model, x, hx)   # hx: the previous chunk's final state
             loss, dlogits = nn.cross_entropy(logits, y)
             model.backward(dlogits)                # no gradient flows into hx: BPTT truncated here
+            mpi.allreduce_gradients(model, comm, weight=y.size)
             fastrnn.clip_grad_norm(model.grads, max_norm=5.0)
             opt.step(model.grads)
             model.zero_grad()
             step += 1
-            seen += y.size
+            seen += y.size * ranks
             first_loss = loss if first_loss is None else first_loss
             elapsed = time.perf_counter() - start
+            if comm is not None:   # every rank stops at the same step: rank 0's clock decides
+                elapsed = comm.bcast(elapsed, root=0)
             if int(elapsed) > shown or step % 10 == 0:
                 bar.update(int(elapsed) - shown, loss=f"{loss:.3f}", chars_per_s=f"{seen / elapsed:,.0f}")
                 shown = int(elapsed)
@@ -162,7 +188,8 @@ def main(seed: int = 0, threads: int | None = None, quick: bool = False, out: st
           f"{time.perf_counter() - start:.0f} s, {step} steps, {seen:,} characters "
           f"({seen / (time.perf_counter() - start):,.0f} chars/s)")
     path = os.path.join(out, "charlm.npz")
-    fastrnn.save(path, model, optimizer=opt, extra={"demo": "charlm", "chars": chars})
+    if rank == 0:
+        fastrnn.save(path, model, optimizer=opt, extra={"demo": "charlm", "chars": chars})
     print(f"saved {path}")
     text_out = sample(model, chars, "HAMLET.\n", 300 if not quick else 40, seed=seed)
     print("sample, temperature 0.8:\n" + text_out)
