@@ -6,8 +6,8 @@
 #
 #   tools/sanitize.sh [PYTHON]          (about 2 minutes here)
 #
-# Needs gcc (or clang) with libasan/libubsan, and pytest, hypothesis, numpy in
-# the Python used (default: python3).  Python is not built with ASan, so
+# Needs gcc (or clang) with libasan/libubsan, and Cython, setuptools, pytest,
+# hypothesis, numpy in the Python used (default: python3).  Python is not built with ASan, so
 # libasan is preloaded and leak detection is off (CPython keeps memory until
 # exit by design); the PyTorch, Keras and ONNX tests are not run (those
 # libraries do not run under a preloaded ASan), nor the two tests that
@@ -23,8 +23,11 @@ mkdir "$work/src"
 (cd "$repo" && git ls-files -z --cached --others --exclude-standard 2>/dev/null || find . -type f -print0) | (cd "$repo" && xargs -0 cp --parents -t "$work/src")
 cd "$work/src"
 echo "== building with FASTRNN_SANITIZE=1"
-FASTRNN_SANITIZE=1 "$python" setup.py build_ext --inplace -q 2>&1 | grep -E "error|fsanitize" | head -5 || true
-test -n "$(ls fastrnn/_recurrence*.so 2>/dev/null)" || { echo "sanitize.sh: the build failed" >&2; exit 1; }
+if ! FASTRNN_SANITIZE=1 "$python" setup.py build_ext --inplace > "$work/build.log" 2>&1; then
+    tail -20 "$work/build.log" >&2
+    echo "sanitize.sh: the build failed (it needs Cython>=3.0.10 and setuptools in $python)" >&2
+    exit 1
+fi
 
 libasan="$(${CC:-gcc} -print-file-name=libasan.so)"
 export LD_PRELOAD="$libasan"
