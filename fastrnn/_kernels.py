@@ -27,15 +27,16 @@ def _portable_build() -> bool:
 def _pick() -> tuple[ModuleType, str]:
     # a build for this machine only (not portable) has one module, and a
     # _recurrence_avx2 left over from an earlier portable build is stale
-    if (os.environ.get("FASTRNN_KERNELS", "") != "baseline" and _portable_build()
-            and baseline.cpu_has_avx2_fma()):
+    if not _portable_build():
+        return baseline, "native"
+    if os.environ.get("FASTRNN_KERNELS", "") != "baseline" and baseline.cpu_has_avx2_fma():
         try:
             from fastrnn import _recurrence_avx2
         except ImportError:
             pass
         else:
             return _recurrence_avx2, "avx2"
-    return baseline, "native" if not _portable_build() else "baseline"
+    return baseline, "baseline"
 
 
 if TYPE_CHECKING:   # both builds have the one interface, in _recurrence.pyi

@@ -692,7 +692,7 @@ cdef void backward_thread(
     cdef floating *d
     cdef int sense = 0
     cdef bint busy = n > 0
-    cdef Py_ssize_t block
+    cdef bint block_end
     # the GRUs' pointwise backward leaves in dh the direct part of h's gradient
     cdef bint add_to_dh = cell == GRU or cell == GRU_RESET_BEFORE
     if busy:
@@ -729,12 +729,11 @@ cdef void backward_thread(
                     r = row_at(steps, s, j)
                     gru_reset_before_reset_backward_step(n, H, gates + r * GH + u0, d + j * GH + u0,
                                                          drh + j * H + u0, h_prev + r * H + u0, dh + j * H + u0)
-        block = (S - 1 - s) // BACKWARD_BLOCK
-        if (S - 1 - s) % BACKWARD_BLOCK == BACKWARD_BLOCK - 1:
-            interrupt_propose(intr, tid, block)
+        block_end = (S - s) % BACKWARD_BLOCK == 0   # the last step of a block of BACKWARD_BLOCK
+        if block_end:
+            interrupt_propose(intr, tid, (S - s) // BACKWARD_BLOCK)
         fr_barrier_wait(barrier, &sense)    # every thread's share of dhw is in place
-        if (S - 1 - s) % BACKWARD_BLOCK == BACKWARD_BLOCK - 1 and interrupt_stop(intr, tid, block, barrier,
-                                                                                   &sense):
+        if block_end and interrupt_stop(intr, tid, (S - s) // BACKWARD_BLOCK, barrier, &sense):
             return
     if busy:   # the gradient of the initial state
         rgemm(steps.batch_sizes[0], n, K, dhw, GH, packed + sp.p0 * nr * K, dh + u0, H, add_to_dh)
