@@ -26,6 +26,20 @@
 from fastrnn._common cimport floating, sigmoid, tanh, relu
 
 
+cdef inline void sigmoid_of_sum(Py_ssize_t n, floating *a, const floating *b) noexcept nogil:
+    """a = sigmoid(a + b), n elements."""
+    cdef Py_ssize_t u
+    for u in range(n):
+        a[u] = sigmoid(a[u] + b[u])
+
+
+cdef inline void tanh_of_sum(Py_ssize_t n, floating *a, const floating *b) noexcept nogil:
+    """a = tanh(a + b), n elements."""
+    cdef Py_ssize_t u
+    for u in range(n):
+        a[u] = tanh(a[u] + b[u])
+
+
 # Elman RNN: h' = act(xw + hw), act = tanh or relu -------------------------
 
 cdef inline void rnn_forward_step(
@@ -73,19 +87,18 @@ cdef inline void lstm_forward_step(
         floating *c,                 # (n) INOUT cell state
         floating *h,                 # (n) OUT new state h'
         floating *y) noexcept nogil:  # (n) OUT h'
+    # one pass per gate, then the state: each loop keeps one activation's
+    # constants in registers (in one fused loop gcc spilled them to the stack;
+    # measured, 2 threads: 4-5% faster at B=8 and 32, H=128; 10% at B=1, H=64)
     cdef Py_ssize_t u
-    cdef floating i, f, g, o, c_new, h_new
+    cdef floating c_new, h_new
+    sigmoid_of_sum(n, xw, hw)
+    sigmoid_of_sum(n, xw + gs, hw + gs)
+    tanh_of_sum(n, xw + 2 * gs, hw + 2 * gs)
+    sigmoid_of_sum(n, xw + 3 * gs, hw + 3 * gs)
     for u in range(n):
-        i = sigmoid(xw[u] + hw[u])
-        f = sigmoid(xw[gs + u] + hw[gs + u])
-        g = tanh(xw[2 * gs + u] + hw[2 * gs + u])
-        o = sigmoid(xw[3 * gs + u] + hw[3 * gs + u])
-        c_new = f * c[u] + i * g
-        h_new = o * tanh(c_new)
-        xw[u] = i
-        xw[gs + u] = f
-        xw[2 * gs + u] = g
-        xw[3 * gs + u] = o
+        c_new = xw[gs + u] * c[u] + xw[u] * xw[2 * gs + u]
+        h_new = xw[3 * gs + u] * tanh(c_new)
         c[u] = c_new
         h[u] = h_new
         y[u] = h_new
@@ -138,15 +151,14 @@ cdef inline void gru_forward_step(
         floating *h,                 # (n) OUT new state h'
         floating *y) noexcept nogil:  # (n) OUT h'
     cdef Py_ssize_t u
-    cdef floating r, z, hn, nn, h_new
+    cdef floating hn, nn, h_new
+    # the sigmoids in passes of their own, as the LSTM's (measured: 4% faster)
+    sigmoid_of_sum(n, xw, hw)             # r
+    sigmoid_of_sum(n, xw + gs, hw + gs)   # z
     for u in range(n):
-        r = sigmoid(xw[u] + hw[u])
-        z = sigmoid(xw[gs + u] + hw[gs + u])
         hn = hw[2 * gs + u] + b_hn[u]
-        nn = tanh(xw[2 * gs + u] + r * hn)
-        h_new = nn + z * (h_prev[u] - nn)
-        xw[u] = r
-        xw[gs + u] = z
+        nn = tanh(xw[2 * gs + u] + xw[u] * hn)
+        h_new = nn + xw[gs + u] * (h_prev[u] - nn)
         xw[2 * gs + u] = nn
         hw[2 * gs + u] = hn
         h[u] = h_new

@@ -128,20 +128,6 @@ cdef inline Py_ssize_t row_at(const Steps *steps, Py_ssize_t s, Py_ssize_t j) no
     return steps.offsets[s] + j
 
 
-def _layout(const Py_ssize_t[::1] batch_sizes, Py_ssize_t batch):
-    """offsets (S,) and lengths (B,) of a packed batch."""
-    cdef Py_ssize_t S = batch_sizes.shape[0], s, j, total = 0
-    offsets = np.empty(S, dtype=np.intp)
-    lengths = np.zeros(batch, dtype=np.intp)
-    cdef Py_ssize_t[::1] off = offsets, lens = lengths
-    for s in range(S):
-        off[s] = total
-        total += batch_sizes[s]
-        for j in range(batch_sizes[s]):
-            lens[j] += 1
-    return offsets, lengths
-
-
 cdef bint rows_within(const Py_ssize_t[::1] rows, Py_ssize_t n) noexcept:
     """Whether every entry of rows is a valid row index below n."""
     cdef Py_ssize_t i
@@ -151,14 +137,36 @@ cdef bint rows_within(const Py_ssize_t[::1] rows, Py_ssize_t n) noexcept:
     return True
 
 
-cdef Steps make_steps(const Py_ssize_t[::1] batch_sizes, const Py_ssize_t[::1] offsets,
-                      const Py_ssize_t[::1] lengths, bint reverse):
-    """The geometry struct the loops read (pointing into the arrays given)."""
+cdef int check_batch_sizes(const Py_ssize_t[::1] batch_sizes, Py_ssize_t B) except -1:
+    """A packed batch's batch_sizes must start at B and never grow (the loops
+    index by them)."""
+    cdef Py_ssize_t s
+    if batch_sizes.shape[0] == 0 or batch_sizes[0] != B:
+        raise ValueError("batch_sizes must start with the batch size")
+    for s in range(1, batch_sizes.shape[0]):
+        if batch_sizes[s] < 1 or batch_sizes[s] > batch_sizes[s - 1]:
+            raise ValueError("batch_sizes must be positive and non-increasing")
+    return 0
+
+
+cdef Steps make_steps(const Py_ssize_t[::1] batch_sizes, Py_ssize_t B, bint reverse,
+                      Py_ssize_t *offsets, Py_ssize_t *lengths) noexcept:
+    """The geometry struct the loops read: offsets (S,) and lengths (B,) are
+    filled in (scratch memory: numpy arrays here cost microseconds, which a
+    short sequence notices)."""
     cdef Steps steps
-    steps.n_steps = batch_sizes.shape[0]
+    cdef Py_ssize_t S = batch_sizes.shape[0], s, j, total = 0, next_size
+    for s in range(S):
+        offsets[s] = total
+        total += batch_sizes[s]
+        # rows [batch_sizes[s + 1], batch_sizes[s]) end after step s
+        next_size = batch_sizes[s + 1] if s + 1 < S else 0
+        for j in range(next_size, batch_sizes[s]):
+            lengths[j] = s + 1
+    steps.n_steps = S
     steps.batch_sizes = &batch_sizes[0]
-    steps.offsets = &offsets[0]
-    steps.lengths = &lengths[0]
+    steps.offsets = offsets
+    steps.lengths = lengths
     steps.reverse = reverse
     return steps
 
@@ -209,8 +217,9 @@ cdef class Scratch:
         if buffer is None or buffer.nbytes < nbytes + 64:
             buffer = np.empty(nbytes + 64, dtype=np.uint8)
             _local.buffer = buffer
+            _local.address = buffer.ctypes.data   # (ctypes.data takes a microsecond or two)
         self.buffer = buffer
-        cdef Py_ssize_t address = buffer.ctypes.data
+        cdef Py_ssize_t address = _local.address
         self.base = <char *>(address + (64 - address % 64) % 64)
         self.size = nbytes
         self.used = 0
@@ -519,15 +528,19 @@ def forward(int cell,
     if y_rows is not None and (y_rows.shape[0] != N or not rows_within(y_rows, y.shape[0])):
         raise ValueError("forward: y_rows must map every packed row to a row of y")
     cdef const Py_ssize_t *y_rows_ptr = &y_rows[0] if y_rows is not None and N else NULL
-    offsets, lengths = _layout(batch_sizes, B)
-    cdef Steps steps = make_steps(batch_sizes, offsets, lengths, reverse)
+    check_batch_sizes(batch_sizes, B)
     cdef int nt = team_size(2.0 * N * G * H * (I + H), 2.0 * B * G * H * (I + H), n_threads, H, nr), tid, team
     cdef Py_ssize_t chunk = max(CHUNK_ROWS, B)
     # each thread gathers the rows of the steps of the reverse direction for itself
     cdef Py_ssize_t xg_size = chunk * I if reverse else 0, f = sizeof(floating)
+    cdef Py_ssize_t S = batch_sizes.shape[0], z = sizeof(Py_ssize_t)
     cdef Scratch scratch = Scratch(padded(W * I * f) + padded(W * H * f) + padded(2 * W * f)
                                    + padded(chunk * W * f) + padded(B * W * f) + padded(2 * B * H * f)
-                                   + padded(B * H * f) + nt * padded(xg_size * f))
+                                   + padded(B * H * f) + padded(S * z) + padded(B * z)
+                                   + nt * padded(xg_size * f))
+    cdef Py_ssize_t *offsets = <Py_ssize_t *>scratch.take(S * z)
+    cdef Py_ssize_t *lengths = <Py_ssize_t *>scratch.take(B * z)
+    cdef Steps steps = make_steps(batch_sizes, B, reverse, offsets, lengths)
     cdef floating *packed_ih = <floating *>scratch.take(W * I * f)
     cdef floating *packed_hh = <floating *>scratch.take(W * H * f)
     cdef floating *bias = <floating *>scratch.take(2 * W * f)
@@ -774,15 +787,18 @@ def backward(int cell,
     if dy_rows is not None and (dy_rows.shape[0] != N or not rows_within(dy_rows, dy.shape[0])):
         raise ValueError("backward: dy_rows must map every packed row to a row of dy")
     cdef const Py_ssize_t *dy_rows_ptr = &dy_rows[0] if dy_rows is not None and N else NULL
-    offsets, lengths = _layout(batch_sizes, B)
-    cdef Steps steps = make_steps(batch_sizes, offsets, lengths, reverse)
+    check_batch_sizes(batch_sizes, B)
     cdef int nt = team_size(2.0 * N * GH * H, 2.0 * B * GH * H, n_threads, H, nr), tid, team
     cdef Py_ssize_t f = sizeof(floating)
     if n_threads < 1:
         n_threads = 1
     cdef Py_ssize_t phn = fr_packed_len(H, H, nr) if cell == GRU_RESET_BEFORE else 0
+    cdef Py_ssize_t S = batch_sizes.shape[0], z = sizeof(Py_ssize_t)
     cdef Scratch scratch = Scratch(padded(fr_packed_len(H, GH, nr) * f) + padded(phn * f)
-                                   + padded(B * H * f) + padded(2 * B * GH * f))
+                                   + padded(B * H * f) + padded(2 * B * GH * f) + padded(S * z) + padded(B * z))
+    cdef Py_ssize_t *offsets = <Py_ssize_t *>scratch.take(S * z)
+    cdef Py_ssize_t *lengths = <Py_ssize_t *>scratch.take(B * z)
+    cdef Steps steps = make_steps(batch_sizes, B, reverse, offsets, lengths)
     cdef floating *packed = <floating *>scratch.take(fr_packed_len(H, GH, nr) * f)
     cdef floating *packed_hn = <floating *>scratch.take(phn * f)
     cdef floating *drh = <floating *>scratch.take(B * H * f)

@@ -12,6 +12,7 @@ fastrnn._recurrence run one (layer, direction) over the whole sequence each.
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 import warnings
 from typing import Any, Optional, Sequence, Union
@@ -41,7 +42,7 @@ class Packing:
         self.T, self.B = T, B
         if lengths is None or bool((lengths == T).all()):
             self.order: np.ndarray | None = None   # no reordering, every step full
-            self.batch_sizes = np.full(T, B, dtype=np.intp)
+            self.batch_sizes = _full_steps(T, B)
             self.N = T * B
             self._rows_tb: np.ndarray | None = None   # packed row r is row r of (T*B, .)
             self._rows_bt: np.ndarray | None = None   # computed when first needed
@@ -162,7 +163,11 @@ class _RNNBase(Module):
                 if self.bias:
                     self._add_param(f"bias_ih{s}", self._rng.uniform(-k, k, G * H))
                     self._add_param(f"bias_hh{s}", self._rng.uniform(-k, k, G * H))
+        # parameter names of each (layer, direction), in the order the kernels take them
+        self._names = [tuple(f"{name}{_suffix(layer, d)}" for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+                       for layer in range(self.num_layers) for d in range(D)]
         self._zero_bias = np.zeros(G * H, dtype=self.dtype)
+        self._no_gates = np.empty((0, G * H), dtype=self.dtype)
         self._no_rows = np.empty((0, H), dtype=self.dtype)
         self._no_bias = np.empty(0, dtype=self.dtype)
         self._tape: _Tape | None = None
@@ -252,16 +257,18 @@ class _RNNBase(Module):
         return self._check_state("hx (h_0)", hx, B, batched), None
 
     def _params_of(self, layer: int, d: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        s, p = _suffix(layer, d), self._params
+        w_ih, w_hh, b_ih, b_hh = self._names[layer * self.num_directions + d]
+        p = self._params
         if self.bias:
-            return p[f"weight_ih{s}"], p[f"weight_hh{s}"], p[f"bias_ih{s}"], p[f"bias_hh{s}"]
-        return p[f"weight_ih{s}"], p[f"weight_hh{s}"], self._zero_bias, self._zero_bias
+            return p[w_ih], p[w_hh], p[b_ih], p[b_hh]
+        return p[w_ih], p[w_hh], self._zero_bias, self._zero_bias
 
     def _grads_of(self, layer: int, d: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        s, g = _suffix(layer, d), self._grads
+        w_ih, w_hh, b_ih, b_hh = self._names[layer * self.num_directions + d]
+        g = self._grads
         if self.bias:
-            return g[f"weight_ih{s}"], g[f"weight_hh{s}"], g[f"bias_ih{s}"], g[f"bias_hh{s}"]
-        return g[f"weight_ih{s}"], g[f"weight_hh{s}"], self._no_bias, self._no_bias
+            return g[w_ih], g[w_hh], g[b_ih], g[b_hh]
+        return g[w_ih], g[w_hh], self._no_bias, self._no_bias
 
     def _dropout_mask(self, shape: tuple[int, ...]) -> np.ndarray:
         if self.dropout >= 1.0:
@@ -275,7 +282,7 @@ class _RNNBase(Module):
     def _forward(self, x: ArrayLike, hx: Any,
                  lengths: Optional[ArrayLike]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """The forward of every layer: (y, h_n, c_n or None), see forward."""
-        with self._training_lock if self.training else contextlib.nullcontext():
+        with self._training_lock if self.training else _NO_LOCK:
             return self._forward_locked(x, hx, lengths)
 
     def _forward_locked(self, x: ArrayLike, hx: Any,
@@ -310,7 +317,7 @@ class _RNNBase(Module):
         dtype, threads, no_rows = self.dtype, get_num_threads(), self._no_rows
         h_n = np.empty((self.num_layers * D, B, H), dtype=dtype)
         c_n = np.empty_like(h_n) if is_lstm else None
-        no_gates = np.empty((0, G * H), dtype=dtype)
+        no_gates = self._no_gates
         L = self.num_layers
         # every buffer first, so that a call too big for memory fails before any work
         try:
@@ -460,6 +467,18 @@ class _RNNBase(Module):
             if dc_0 is not None:
                 dc_0 = dc_0[:, 0]
         return dx, dh_0, dc_0
+
+
+_NO_LOCK = contextlib.nullcontext()   # reusable
+
+
+@functools.lru_cache(maxsize=64)
+def _full_steps(T: int, B: int) -> np.ndarray:
+    """batch_sizes of a batch without lengths: B at each of the T steps
+    (cached, read-only: np.full costs a microsecond a call)."""
+    sizes = np.full(T, B, dtype=np.intp)
+    sizes.flags.writeable = False
+    return sizes
 
 
 def _suffix(layer: int, direction: int) -> str:
