@@ -193,14 +193,25 @@ static FR_NOINLINE void fr_kernel_##SFX##_##R##x##P(                            
         for (int v = 0; v < 2 * P; v++) acc[r][v] = (V){0};                          \
     _Pragma("GCC unroll 2")  /* measured: 86 -> 98 GFLOP/s at M=64, K=512 on Zen 3 */ \
     for (ptrdiff_t k = 0; k < K; k++) {                                                   \
-        V w[2 * P];                                                                  \
-        for (int p = 0; p < P; p++) {                                                \
-            w[2 * p] = *(const VU *)(Wp + p * pstride + k * NR);                     \
-            w[2 * p + 1] = *(const VU *)(Wp + p * pstride + k * NR + NR / 2);        \
-        }                                                                            \
-        for (int r = 0; r < R; r++) {                                                \
-            T a = A[r * lda + k];                                                    \
-            for (int v = 0; v < 2 * P; v++) acc[r][v] += a * w[v];                   \
+        if (R >= 4) {  /* one panel: its two vectors held, each row's value broadcast */ \
+            V w[2 * P];                                                              \
+            for (int p = 0; p < P; p++) {                                            \
+                w[2 * p] = *(const VU *)(Wp + p * pstride + k * NR);                 \
+                w[2 * p + 1] = *(const VU *)(Wp + p * pstride + k * NR + NR / 2);    \
+            }                                                                        \
+            for (int r = 0; r < R; r++) {                                            \
+                T a = A[r * lda + k];                                                \
+                for (int v = 0; v < 2 * P; v++) acc[r][v] += a * w[v];               \
+            }                                                                        \
+        } else {       /* several panels: the rows' values held, the panels' vectors \
+                        * streamed one at a time (holding all of them as well took   \
+                        * more than the 16 registers: spills, half speed at M <= 3) */ \
+            T a[R];                                                                  \
+            for (int r = 0; r < R; r++) a[r] = A[r * lda + k];                       \
+            for (int v = 0; v < 2 * P; v++) {                                        \
+                V w = *(const VU *)(Wp + (v / 2) * pstride + k * NR + (v % 2) * (NR / 2)); \
+                for (int r = 0; r < R; r++) acc[r][v] += a[r] * w;                   \
+            }                                                                        \
         }                                                                            \
     }                                                                                \
     if (bias) {            /* the sum first, then its bias: same order in every kernel */ \
@@ -275,31 +286,12 @@ FR_DEFINE_KERNEL(T, SFX, V, VU, NR, 1, 3)                                       
 FR_DEFINE_KERNEL(T, SFX, V, VU, NR, 1, 2)                                            \
 FR_DEFINE_KERNEL(T, SFX, V, VU, NR, 1, 1)                                            \
                                                                                      \
-/* C (M x N, row stride ldc) = [C +] A (M x K, row stride lda) @ W^T [+ bias],     \
- * W packed; bias (N rounded up to whole panels) or NULL.  ldp is the K extent the   \
- * panels were packed with (K itself, or more when Wp points at row k0 of panels    \
- * packed for a longer K). */                                                        \
-static void fr_rgemm_ldp_##SFX(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T *A, ptrdiff_t lda,         \
-                               const T *Wp, ptrdiff_t ldp, T *C, ptrdiff_t ldc, int accumulate, \
-                               const T *bias)                                        \
+/* The last 1 to 5 rows of a product (see fr_rgemm_ldp), across all the panels. */ \
+static void fr_rgemm_rows_##SFX(ptrdiff_t rest, ptrdiff_t N, ptrdiff_t K, const T *a, ptrdiff_t lda, \
+                                const T *Wp, size_t pstride, T *c, ptrdiff_t ldc, int accumulate, \
+                                const T *bias)                                       \
 {                                                                                    \
-    const ptrdiff_t np = (N + NR - 1) / NR, full = M - M % 6, rest = M % 6;               \
-    const size_t pstride = (size_t)ldp * NR;                                         \
-    /* blocks of 6 rows; groups of 4 panels outer, so that a group's panels stay    \
-     * in cache for all the blocks */                                                \
-    for (ptrdiff_t g = 0; g < np; g += 4) {                                               \
-        const ptrdiff_t gp = np - g < 4 ? np - g : 4;                                     \
-        for (ptrdiff_t m = 0; m < full; m += 6)                                           \
-            for (ptrdiff_t p = g; p < g + gp; p++)                                        \
-                fr_kernel_##SFX##_6x1(K, A + m * lda, lda, Wp + p * pstride,         \
-                                      C + m * ldc + p * NR, ldc, accumulate,         \
-                                      N - p * NR, bias ? bias + p * NR : bias);      \
-    }                                                                                \
-    if (rest == 0)                                                                   \
-        return;                                                                      \
-    /* the last 1 to 5 rows, across all the panels */                                \
-    const T *a = A + full * lda;                                                     \
-    T *c = C + full * ldc;                                                           \
+    const ptrdiff_t np = (N + NR - 1) / NR;                                          \
     for (ptrdiff_t p = 0; p < np; ) {                                                     \
         const T *wp = Wp + p * pstride;                                              \
         T *cp = c + p * NR;                                                          \
@@ -316,6 +308,41 @@ static void fr_rgemm_ldp_##SFX(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T *A
         else if (left == 3) { fr_kernel_##SFX##_1x3(K, a, lda, wp, cp, ldc, accumulate, nc, b); p += 3; } \
         else if (left == 2) { fr_kernel_##SFX##_1x2(K, a, lda, wp, cp, ldc, accumulate, nc, b); p += 2; } \
         else { fr_kernel_##SFX##_1x1(K, a, lda, wp, cp, ldc, accumulate, nc, b); p += 1; } \
+    }                                                                                \
+}                                                                                    \
+                                                                                     \
+/* C (M x N, row stride ldc) = [C +] A (M x K, row stride lda) @ W^T [+ bias],     \
+ * W packed; bias (N rounded up to whole panels) or NULL.  ldp is the K extent the   \
+ * panels were packed with (K itself, or more when Wp points at row k0 of panels    \
+ * packed for a longer K). */                                                        \
+static void fr_rgemm_ldp_##SFX(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T *A, ptrdiff_t lda,         \
+                               const T *Wp, ptrdiff_t ldp, T *C, ptrdiff_t ldc, int accumulate, \
+                               const T *bias)                                        \
+{                                                                                    \
+    const ptrdiff_t np = (N + NR - 1) / NR;                                          \
+    ptrdiff_t full = M - M % 6, rest = M % 6;                                        \
+    const size_t pstride = (size_t)ldp * NR;                                         \
+    /* one row left over after blocks of 6: the last 7 rows go as 4 + 3 instead     \
+     * (the one-row kernel, a matrix-vector product, runs at half speed) */          \
+    const int split7 = rest == 1 && full >= 6;                                       \
+    if (split7)                                                                      \
+        full -= 6;                                                                   \
+    /* blocks of 6 rows; groups of 4 panels outer, so that a group's panels stay    \
+     * in cache for all the blocks */                                                \
+    for (ptrdiff_t g = 0; g < np; g += 4) {                                               \
+        const ptrdiff_t gp = np - g < 4 ? np - g : 4;                                     \
+        for (ptrdiff_t m = 0; m < full; m += 6)                                           \
+            for (ptrdiff_t p = g; p < g + gp; p++)                                        \
+                fr_kernel_##SFX##_6x1(K, A + m * lda, lda, Wp + p * pstride,         \
+                                      C + m * ldc + p * NR, ldc, accumulate,         \
+                                      N - p * NR, bias ? bias + p * NR : bias);      \
+    }                                                                                \
+    if (split7) {                                                                    \
+        fr_rgemm_rows_##SFX(4, N, K, A + full * lda, lda, Wp, pstride, C + full * ldc, ldc, accumulate, bias); \
+        fr_rgemm_rows_##SFX(3, N, K, A + (full + 4) * lda, lda, Wp, pstride, C + (full + 4) * ldc, ldc, \
+                            accumulate, bias);                                       \
+    } else if (rest > 0) {                                                           \
+        fr_rgemm_rows_##SFX(rest, N, K, A + full * lda, lda, Wp, pstride, C + full * ldc, ldc, accumulate, bias); \
     }                                                                                \
 }                                                                                    \
 static inline void fr_rgemm_##SFX(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T *A, ptrdiff_t lda,      \
