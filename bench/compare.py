@@ -109,7 +109,8 @@ def check_row(row: dict, ceiling: float) -> list[str]:
         if who == "torch" and "torch_or_ceiling" in t and row["ceiling_fraction"] >= t["torch_or_ceiling"]:
             continue
         if ratio < need - 1e-9:
-            missed.append(f"{who} {ratio:.2f}x < {need:.2f}x")
+            digits = 2 if f"{ratio:.2f}" != f"{need:.2f}" else 3   # 1.496 < 1.500, not 1.50 < 1.50
+            missed.append(f"{who} {ratio:.{digits}f}x < {need:.{digits}f}x")
     if "ceiling" in t and row["ceiling_fraction"] < t["ceiling"]:
         missed.append(f"ceiling {row['ceiling_fraction']:.0%} < {t['ceiling']:.0%}")
     return missed

@@ -221,13 +221,16 @@ cdef class Scratch:
     cdef Py_ssize_t used, size
 
     def __cinit__(self, Py_ssize_t nbytes):
-        buffer = getattr(_local, "buffer", None)
-        if buffer is None or buffer.nbytes < nbytes + 64:
+        # (buffer, its address): ctypes.data takes a microsecond or two, so it
+        # is kept; one attribute, set once both are known, so that a
+        # KeyboardInterrupt raised in between cannot leave one without the other
+        kept = getattr(_local, "scratch", None)
+        if kept is None or kept[0].nbytes < nbytes + 64:
             buffer = np.empty(nbytes + 64, dtype=np.uint8)
-            _local.buffer = buffer
-            _local.address = buffer.ctypes.data   # (ctypes.data takes a microsecond or two)
-        self.buffer = buffer
-        cdef Py_ssize_t address = _local.address
+            kept = (buffer, buffer.ctypes.data)
+            _local.scratch = kept
+        self.buffer = kept[0]
+        cdef Py_ssize_t address = kept[1]
         self.base = <char *>(address + (64 - address % 64) % 64)
         self.size = nbytes
         self.used = 0
