@@ -444,7 +444,7 @@ cdef void forward_thread(
 
     if pk.u1 > pk.u0:   # this thread's panels of every gate (sharing the rows: of the whole layout)
         for g in range(G):
-            pc = (col if not by_rows else 0) + g * gw + (0 if not by_rows else pk.p0 * nr)
+            pc = col + g * gw + (pk.p0 * nr if by_rows else 0)   # its first column of gate g
             pack_rows(packed_ih + pc * I, w_ih + (g * H + pk.u0) * I, I, pk.u1 - pk.u0, I, 0, pk.width // nr)
             pack_rows(packed_hh + pc * H, w_hh + (g * H + pk.u0) * H, H, pk.u1 - pk.u0, H, 0, pk.width // nr)
             # both biases folded into the input product, but the GRU's b_hn,
