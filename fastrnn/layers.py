@@ -472,10 +472,15 @@ class _RNNBase(Module):
 _NO_LOCK = contextlib.nullcontext()   # reusable
 
 
-@functools.lru_cache(maxsize=64)
 def _full_steps(T: int, B: int) -> np.ndarray:
-    """batch_sizes of a batch without lengths: B at each of the T steps
-    (cached, read-only: np.full costs a microsecond a call)."""
+    """batch_sizes of a batch without lengths: B at each of the T steps.
+    Cached for short sequences, where np.full's microsecond shows; a long
+    one gets its own array (a cache of those could hold megabytes)."""
+    return _full_steps_cached(T, B) if T <= 4096 else np.full(T, B, dtype=np.intp)
+
+
+@functools.lru_cache(maxsize=64)
+def _full_steps_cached(T: int, B: int) -> np.ndarray:
     sizes = np.full(T, B, dtype=np.intp)
     sizes.flags.writeable = False
     return sizes
