@@ -153,28 +153,6 @@ cdef int check_batch_sizes(const Py_ssize_t[::1] batch_sizes, Py_ssize_t B) exce
     return 0
 
 
-cdef Steps make_steps(const Py_ssize_t[::1] batch_sizes, Py_ssize_t B, bint reverse,
-                      Py_ssize_t *offsets, Py_ssize_t *lengths) noexcept:
-    """The geometry struct the loops read: offsets (S,) and lengths (B,) are
-    filled in (scratch memory: numpy arrays here cost microseconds, which a
-    short sequence notices)."""
-    cdef Steps steps
-    cdef Py_ssize_t S = batch_sizes.shape[0], s, j, total = 0, next_size
-    for s in range(S):
-        offsets[s] = total
-        total += batch_sizes[s]
-        # rows [batch_sizes[s + 1], batch_sizes[s]) end after step s
-        next_size = batch_sizes[s + 1] if s + 1 < S else 0
-        for j in range(next_size, batch_sizes[s]):
-            lengths[j] = s + 1
-    steps.n_steps = S
-    steps.batch_sizes = &batch_sizes[0]
-    steps.offsets = offsets
-    steps.lengths = lengths
-    steps.reverse = reverse
-    return steps
-
-
 cdef void add_column_sums(floating *out, floating *out2, const floating *a, Py_ssize_t lda,
                           Py_ssize_t rows, Py_ssize_t cols, int n_threads) noexcept nogil:
     """out (cols) += sum over the rows of a (rows x cols), in a fixed order;
@@ -245,6 +223,34 @@ cdef inline Py_ssize_t padded(Py_ssize_t nbytes) noexcept nogil:
     return (nbytes + 63) // 64 * 64
 
 
+cdef Steps make_steps(const Py_ssize_t[::1] batch_sizes, Py_ssize_t B, bint reverse, Scratch scratch) noexcept:
+    """The geometry struct the loops read, its offsets (S,) and lengths (B,)
+    taken from scratch (it has room for them: steps_bytes) rather than NumPy
+    arrays, which cost microseconds that a short sequence notices."""
+    cdef Steps steps
+    cdef Py_ssize_t S = batch_sizes.shape[0], s, j, total = 0, next_size
+    cdef Py_ssize_t *offsets = <Py_ssize_t *>scratch.take(S * sizeof(Py_ssize_t))
+    cdef Py_ssize_t *lengths = <Py_ssize_t *>scratch.take(B * sizeof(Py_ssize_t))
+    for s in range(S):
+        offsets[s] = total
+        total += batch_sizes[s]
+        # rows [batch_sizes[s + 1], batch_sizes[s]) end after step s
+        next_size = batch_sizes[s + 1] if s + 1 < S else 0
+        for j in range(next_size, batch_sizes[s]):
+            lengths[j] = s + 1
+    steps.n_steps = S
+    steps.batch_sizes = &batch_sizes[0]
+    steps.offsets = offsets
+    steps.lengths = lengths
+    steps.reverse = reverse
+    return steps
+
+
+cdef inline Py_ssize_t steps_bytes(Py_ssize_t S, Py_ssize_t B) noexcept:
+    """Scratch make_steps takes."""
+    return padded(S * sizeof(Py_ssize_t)) + padded(B * sizeof(Py_ssize_t))
+
+
 # --- how a team of threads shares the work of a step -------------------------
 
 cdef struct Split:
@@ -295,6 +301,11 @@ cdef Py_ssize_t ROWS_MAX_WEIGHT_BYTES = 512 * 1024
 
 cdef bint share_rows(int nt, Py_ssize_t B, Py_ssize_t packed_hh_bytes) noexcept:
     return nt > 1 and B >= ROWS_PER_THREAD * nt and packed_hh_bytes <= ROWS_MAX_WEIGHT_BYTES
+
+
+cdef inline Py_ssize_t own_rows(Py_ssize_t rows, Py_ssize_t j0, Py_ssize_t dj) noexcept nogil:
+    """How many of a thread's rows j0, j0 + dj, ... are below `rows`."""
+    return (rows - j0 + dj - 1) // dj if rows > j0 else 0
 
 
 cdef int team_size(double flops, double flops_per_step, int n_threads, Py_ssize_t H, Py_ssize_t nr,
@@ -458,7 +469,7 @@ cdef void forward_thread(
                 else:
                     bias[pc + u] = b_ih[g * H + pk.u0 + u] + b_hh[g * H + pk.u0 + u]
     if busy:
-        for i in range((B - j0 + dj - 1) // dj):
+        for i in range(own_rows(B, j0, dj)):
             j = j0 + i * dj
             memcpy(hbuf + j * H + u0, h_0 + j * H + u0, row_bytes)
     fr_barrier_wait(barrier, &sense)    # the packed weights and h_0 are in place
@@ -490,7 +501,7 @@ cdef void forward_thread(
             fr_barrier_wait(barrier, &sense)    # the chunk's product is in place
         for s in range(s0, s1):
             rows = steps.batch_sizes[s]
-            m = (rows - j0 + dj - 1) // dj if rows > j0 else 0    # this thread's rows of the step
+            m = own_rows(rows, j0, dj)    # this thread's rows of the step
             hp = hbuf + (s & 1) * B * H
             hn = hbuf + ((s + 1) & 1) * B * H
             if cell == GRU_RESET_BEFORE:   # the n gate's product needs r * h of every unit
@@ -546,7 +557,7 @@ cdef void forward_thread(
         s0 = s1
 
     if busy:   # each row's state after its own last step
-        for i in range((B - j0 + dj - 1) // dj):
+        for i in range(own_rows(B, j0, dj)):
             j = j0 + i * dj
             memcpy(h_n + j * H + u0, hbuf + (steps.lengths[j] & 1) * B * H + j * H + u0, row_bytes)
 
@@ -590,14 +601,11 @@ def forward(int cell,
     cdef Py_ssize_t chunk = max(CHUNK_ROWS, B)
     # each thread gathers the rows of the steps of the reverse direction for itself
     cdef Py_ssize_t xg_size = chunk * I if reverse else 0, f = sizeof(floating)
-    cdef Py_ssize_t S = batch_sizes.shape[0], z = sizeof(Py_ssize_t)
     cdef Scratch scratch = Scratch(padded(W * I * f) + padded(W * H * f) + padded(2 * W * f)
                                    + padded(chunk * W * f) + padded(B * W * f) + padded(2 * B * H * f)
-                                   + padded(B * H * f) + padded(S * z) + padded(B * z)
+                                   + padded(B * H * f) + steps_bytes(batch_sizes.shape[0], B)
                                    + nt * padded(xg_size * f))
-    cdef Py_ssize_t *offsets = <Py_ssize_t *>scratch.take(S * z)
-    cdef Py_ssize_t *lengths = <Py_ssize_t *>scratch.take(B * z)
-    cdef Steps steps = make_steps(batch_sizes, B, reverse, offsets, lengths)
+    cdef Steps steps = make_steps(batch_sizes, B, reverse, scratch)
     cdef floating *packed_ih = <floating *>scratch.take(W * I * f)
     cdef floating *packed_hh = <floating *>scratch.take(W * H * f)
     cdef floating *bias = <floating *>scratch.take(2 * W * f)
@@ -793,10 +801,10 @@ cdef void backward_thread(
         d = dhw + (s & 1) * B * GH
         if busy:
             if s + 1 < S:   # dh of the rows still running after step s: dhw of step s+1 @ weight_hh
-                m = (steps.batch_sizes[s + 1] - j0 + dj - 1) // dj if steps.batch_sizes[s + 1] > j0 else 0
+                m = own_rows(steps.batch_sizes[s + 1], j0, dj)
                 rgemm(m, n, K, dhw + ((s + 1) & 1) * B * GH + j0 * GH, dj * GH,
                       packed + sp.p0 * nr * K, dh + j0 * H + u0, dj * H, add_to_dh)
-            m = (steps.batch_sizes[s] - j0 + dj - 1) // dj if steps.batch_sizes[s] > j0 else 0
+            m = own_rows(steps.batch_sizes[s], j0, dj)
             for i in range(m):
                 j = j0 + i * dj
                 r = row_at(steps, s, j)
@@ -833,7 +841,7 @@ cdef void backward_thread(
         if block_end and interrupt_stop(intr, tid, (S - s) // BACKWARD_BLOCK, barrier, &sense):
             return
     if busy:   # the gradient of the initial state
-        m = (steps.batch_sizes[0] - j0 + dj - 1) // dj if steps.batch_sizes[0] > j0 else 0
+        m = own_rows(steps.batch_sizes[0], j0, dj)
         rgemm(m, n, K, dhw + j0 * GH, dj * GH, packed + sp.p0 * nr * K, dh + j0 * H + u0, dj * H, add_to_dh)
 
 
@@ -880,12 +888,9 @@ def backward(int cell,
     if n_threads < 1:
         n_threads = 1
     cdef Py_ssize_t phn = fr_packed_len(H, H, nr) if cell == GRU_RESET_BEFORE else 0
-    cdef Py_ssize_t S = batch_sizes.shape[0], z = sizeof(Py_ssize_t)
     cdef Scratch scratch = Scratch(padded(fr_packed_len(H, GH, nr) * f) + padded(phn * f)
-                                   + padded(B * H * f) + padded(2 * B * GH * f) + padded(S * z) + padded(B * z))
-    cdef Py_ssize_t *offsets = <Py_ssize_t *>scratch.take(S * z)
-    cdef Py_ssize_t *lengths = <Py_ssize_t *>scratch.take(B * z)
-    cdef Steps steps = make_steps(batch_sizes, B, reverse, offsets, lengths)
+                                   + padded(B * H * f) + padded(2 * B * GH * f) + steps_bytes(batch_sizes.shape[0], B))
+    cdef Steps steps = make_steps(batch_sizes, B, reverse, scratch)
     cdef floating *packed = <floating *>scratch.take(fr_packed_len(H, GH, nr) * f)
     cdef floating *packed_hn = <floating *>scratch.take(phn * f)
     cdef floating *drh = <floating *>scratch.take(B * H * f)
