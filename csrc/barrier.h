@@ -12,6 +12,8 @@
 #ifndef FASTRNN_BARRIER_H
 #define FASTRNN_BARRIER_H
 
+#include <stddef.h>
+
 #include "omp_compat.h"
 
 #if defined(__GNUC__) || defined(__clang__)
@@ -66,6 +68,15 @@ static inline void fr_barrier_wait(fr_barrier *b, int *local_sense)
     }
 }
 
+/* A flag that one thread raises and the others poll, without waiting for
+ * one another (threads sharing the rows learn this way that Ctrl-C stopped
+ * the call). */
+static inline void fr_flag_raise(int *flag) { __atomic_store_n(flag, 1, __ATOMIC_RELAXED); }
+static inline int fr_flag_raised(const int *flag) { return __atomic_load_n(flag, __ATOMIC_RELAXED); }
+
+/* The counter's value, incremented: threads taking tiles of work in turn. */
+static inline ptrdiff_t fr_take_next(ptrdiff_t *counter) { return __atomic_fetch_add(counter, 1, __ATOMIC_RELAXED); }
+
 #else  /* other compilers: the OpenMP barrier */
 
 typedef struct { int n; } fr_barrier;
@@ -75,6 +86,15 @@ static inline void fr_barrier_wait(fr_barrier *b, int *local_sense)
     (void)local_sense;
     if (b->n > 1)
         fr_omp_barrier();
+}
+static inline void fr_flag_raise(int *flag) { *(volatile int *)flag = 1; }
+static inline int fr_flag_raised(const int *flag) { return *(const volatile int *)flag; }
+static inline ptrdiff_t fr_take_next(ptrdiff_t *counter)
+{
+    ptrdiff_t value;
+#pragma omp atomic capture
+    value = (*counter)++;
+    return value;
 }
 
 #endif

@@ -54,6 +54,9 @@ cdef extern from "barrier.h" nogil:
         pass
     void fr_barrier_init(fr_barrier *b, int n)
     void fr_barrier_wait(fr_barrier *b, int *local_sense)
+    void fr_flag_raise(int *flag)
+    int fr_flag_raised(const int *flag)
+    Py_ssize_t fr_take_next(Py_ssize_t *counter)
 
 
 cdef inline floating sigmoid(floating x) noexcept nogil:

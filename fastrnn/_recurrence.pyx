@@ -26,7 +26,8 @@
 # Threads: a team shares either the rows or the hidden units of the batch
 # (share_rows).  Sharing the rows (at least 4 each, weight_hh small enough for
 # a core's cache), each thread runs its rows through every step with all the
-# units, and the threads meet only around each chunk's input product.  Sharing
+# units, projecting its own rows of x too: the threads meet once, when the
+# weights are packed.  Sharing
 # the units (whole panels each), every thread computes its units' gates for
 # every row, so each product keeps all the batch's rows and each thread reads
 # only its share of the weights (what large weights and small batches need);
@@ -49,7 +50,8 @@ from libc.string cimport memcpy
 from fastrnn._common cimport (
     floating, sigmoid, tanh, relu, rgemm, transpose, pack_rows, pack_cols, panel_width, fr_packed_len,
     FR_HAVE_OPENMP, fr_cpu_has_avx2_fma, fr_compiled_for, fr_omp_get_max_threads, fr_omp_get_thread_num,
-    fr_omp_get_num_threads, fr_omp_barrier, fr_omp_get_wtime, fr_barrier, fr_barrier_init, fr_barrier_wait)
+    fr_omp_get_num_threads, fr_omp_barrier, fr_omp_get_wtime, fr_barrier, fr_barrier_init, fr_barrier_wait,
+    fr_flag_raise, fr_flag_raised, fr_take_next)
 from fastrnn._cells cimport (
     rnn_forward_step, rnn_backward_step, lstm_forward_step, lstm_backward_step,
     gru_forward_step, gru_backward_step, gru_reset_before_reset_step, gru_reset_before_forward_step,
@@ -337,13 +339,17 @@ cdef Py_ssize_t CHUNK_ROWS = 256
 # The time loops run without the GIL, so Python's SIGINT handler (which raises
 # KeyboardInterrupt) would run only when the call ends.  When the kernel is
 # called from the main thread (the only one where Python runs signal
-# handlers), thread 0 runs them every CHECK_SECONDS, at a barrier: it proposes
-# a check before the barrier (every thread reads the proposal after it, in
-# one of two slots that alternate, so that the next proposal never lands in
-# a slot still being read), runs the handlers with the GIL, and after one
-# more barrier every thread knows whether to leave its loop.  The caller
-# then raises the handler's exception; outputs and gradients are left
-# unwritten (a forward) or unchanged (a backward's weight gradients).
+# handlers), thread 0 runs them every CHECK_SECONDS.  Threads sharing the
+# units meet at a barrier after every step anyway: thread 0 proposes a check
+# before the barrier (every thread reads the proposal after it, in one of two
+# slots that alternate, so that the next proposal never lands in a slot still
+# being read), runs the handlers with the GIL, and after one more barrier
+# every thread knows whether to leave its loop.  Threads sharing the rows
+# never wait for one another: thread 0 runs the handlers at the end of a block
+# of its steps when due and raises a flag that every thread polls at the end
+# of its blocks.  The caller then raises the handler's exception; outputs and
+# gradients are left unwritten (a forward) or unchanged (a backward's weight
+# gradients).
 cdef double CHECK_SECONDS = 0.05
 _main_thread_id = threading.main_thread().ident
 _pending = None        # the exception a signal handler raised during a kernel
@@ -353,14 +359,14 @@ cdef struct Interrupt:
     bint enabled        # called from the main thread: signal handlers can run
     double next_check   # thread 0's clock
     bint check[2]       # a check at the barrier ending a block of steps (by parity)
-    bint stop           # a handler raised: every thread leaves its loop
+    int stop            # a flag: a handler raised, every thread leaves its loop
 
 
 cdef void interrupt_init(Interrupt *it) noexcept:
     it.enabled = threading.get_ident() == _main_thread_id
     it.next_check = fr_omp_get_wtime() + CHECK_SECONDS
     it.check[0] = it.check[1] = False
-    it.stop = False
+    it.stop = 0
 
 
 cdef bint run_signal_handlers() noexcept with gil:
@@ -385,12 +391,23 @@ cdef inline bint interrupt_stop(Interrupt *it, int tid, Py_ssize_t block, fr_bar
     if not it.check[block & 1]:
         return False
     if tid == 0:
-        it.stop = run_signal_handlers()
+        if run_signal_handlers():
+            fr_flag_raise(&it.stop)
         it.next_check = fr_omp_get_wtime() + CHECK_SECONDS
     fr_barrier_wait(barrier, sense)    # every thread has read the proposal; the verdict is out
     if tid == 0:
         it.check[block & 1] = False
-    return it.stop
+    return fr_flag_raised(&it.stop)
+
+
+cdef inline bint interrupt_poll(Interrupt *it, int tid) noexcept nogil:
+    """At the end of a block of steps of threads sharing the rows, each in its
+    own time: whether to leave the loop."""
+    if tid == 0 and it.enabled and fr_omp_get_wtime() >= it.next_check:
+        if run_signal_handlers():
+            fr_flag_raise(&it.stop)
+        it.next_check = fr_omp_get_wtime() + CHECK_SECONDS
+    return fr_flag_raised(&it.stop)
 
 
 def _raise_pending():
@@ -423,7 +440,8 @@ cdef void forward_thread(
         floating *packed_ih,               # (W*I) scratch: weight_ih packed
         floating *packed_hh,               # (W*H) scratch: weight_hh packed
         floating *bias,                    # (2, W) scratch: biases in the packed layout
-        floating *xw, Py_ssize_t chunk,    # (chunk, W) scratch: x @ weight_ih.T of a chunk of steps
+        floating *xw, Py_ssize_t chunk,    # (chunk, W) scratch (this thread's when sharing the rows):
+                                           # x @ weight_ih.T of the thread's rows of a chunk of steps
         floating *hw,                      # (B, W) scratch: h @ weight_hh.T of a step
         floating *rh,                      # (B, H) scratch: GRU_RESET_BEFORE's r * h of a step
         floating *xg,                      # (chunk, I) scratch of this thread: x rows gathered
@@ -431,8 +449,8 @@ cdef void forward_thread(
     """Thread tid's part of the forward over the whole sequence.  Sharing the
     units (by_rows false): its share of the units, for every row and step,
     the threads meeting after every step.  Sharing the rows: rows tid,
-    tid + nt, ... with every unit, the threads meeting only after each
-    chunk's input product (which they share by rows) and at its end.
+    tid + nt, ... with every unit, each thread on its own once the weights
+    are packed (it projects its own rows of x, too).
     W = G * P * nr is the packed width."""
     cdef Py_ssize_t nr = panel_width(<floating>0), P = (H + nr - 1) // nr
     cdef Py_ssize_t W = G * P * nr, GH = G * H, S = steps.n_steps
@@ -440,7 +458,7 @@ cdef void forward_thread(
     cdef Split sp = split_units(H, G, nr, 0 if by_rows else tid, 1 if by_rows else nt)
     cdef Split pk = split_units(H, G, nr, tid, nt)
     cdef Py_ssize_t u0 = sp.u0, n = sp.u1 - sp.u0, gw = sp.width, col = sp.col
-    cdef Py_ssize_t g, u, i, j, r, s, s0, s1, rows, base, a0, a1, m, pc
+    cdef Py_ssize_t g, u, i, j, r, s, s0, s1, rows, q, m, pc
     cdef Py_ssize_t j0 = tid if by_rows else 0, dj = nt if by_rows else 1   # rows j0, j0 + dj, ...
     cdef size_t row_bytes = n * sizeof(floating)
     cdef floating *hp
@@ -476,29 +494,25 @@ cdef void forward_thread(
 
     s0 = 0
     while s0 < S:
-        # a chunk of steps [s0, s1), its rows projected in one product
-        s1, rows = s0 + 1, steps.batch_sizes[s0]
-        while s1 < S and rows + steps.batch_sizes[s1] <= chunk:
-            rows += steps.batch_sizes[s1]
+        # a chunk of steps [s0, s1): this thread's rows of them (all the rows
+        # when sharing the units) projected in one product, into rows 0, 1, ...
+        # of its xw (its own part of xw when sharing the rows)
+        s1, rows = s0 + 1, own_rows(steps.batch_sizes[s0], j0, dj)
+        while s1 < S and rows + own_rows(steps.batch_sizes[s1], j0, dj) <= chunk:
+            rows += own_rows(steps.batch_sizes[s1], j0, dj)
             s1 += 1
-        base = steps.offsets[s0]
-        # the chunk's rows [a0, a1) with this thread's columns (sharing the
-        # rows: a block of the rows, all columns)
-        a0 = tid * rows // nt if by_rows else 0
-        a1 = (tid + 1) * rows // nt if by_rows else rows
-        if busy and a1 > a0:
-            if steps.reverse:  # the rows of a step are not consecutive: gather them
+        if busy:
+            if steps.reverse or by_rows:   # the rows are not consecutive in x: gather them
+                q = 0
                 for s in range(s0, s1):
-                    for j in range(steps.batch_sizes[s]):
-                        r = steps.offsets[s] - base + j
-                        if a0 <= r < a1:
-                            memcpy(xg + r * I, x + row_at(steps, s, j) * I, I * sizeof(floating))
+                    for i in range(own_rows(steps.batch_sizes[s], j0, dj)):
+                        memcpy(xg + q * I, x + row_at(steps, s, j0 + i * dj) * I, I * sizeof(floating))
+                        q += 1
                 a = xg
             else:
-                a = x + base * I
-            rgemm(a1 - a0, G * gw, I, a + a0 * I, I, packed_ih + col * I, xw + a0 * W + col, W, False, bias + col)
-        if by_rows:
-            fr_barrier_wait(barrier, &sense)    # the chunk's product is in place
+                a = x + steps.offsets[s0] * I
+            rgemm(rows, G * gw, I, a, I, packed_ih + col * I, xw + col, W, False, bias + col)
+        q = 0
         for s in range(s0, s1):
             rows = steps.batch_sizes[s]
             m = own_rows(rows, j0, dj)    # this thread's rows of the step
@@ -509,7 +523,7 @@ cdef void forward_thread(
                     rgemm(m, 2 * gw, H, hp + j0 * H, dj * H, packed_hh + col * H, hw + j0 * W + col, dj * W, False)
                     for i in range(m):
                         j = j0 + i * dj
-                        gru_reset_before_reset_step(n, gw, xw + (steps.offsets[s] - base + j) * W + col,
+                        gru_reset_before_reset_step(n, gw, xw + (q + i) * W + col,
                                                     hw + j * W + col, hp + j * H + u0, rh + j * H + u0)
                 if not by_rows:
                     fr_barrier_wait(barrier, &sense)    # every thread's share of r * h is in place
@@ -523,7 +537,7 @@ cdef void forward_thread(
                     j = j0 + i * dj
                     r = row_at(steps, s, j)
                     yrow = y + (y_rows[r] if y_rows != NULL else r) * ldy + u0
-                    xrow = xw + (steps.offsets[s] - base + j) * W + col
+                    xrow = xw + (q + i) * W + col
                     hrow = hw + j * W + col
                     if cell == LSTM:
                         lstm_forward_step(n, gw, xrow, hrow, c + j * H + u0, hn + j * H + u0, yrow)
@@ -547,11 +561,12 @@ cdef void forward_thread(
                             memcpy(saved + r * H + u0, rh + j * H + u0, row_bytes)
                         else:
                             memcpy(saved + r * H + u0, hn + j * H + u0, row_bytes)
-            if s == s1 - 1:
-                interrupt_propose(intr, tid, block)
-            if s == s1 - 1 or not by_rows:
+            q += m
+            if not by_rows:
+                if s == s1 - 1:
+                    interrupt_propose(intr, tid, block)
                 fr_barrier_wait(barrier, &sense)    # every thread's share of h' is in place
-        if interrupt_stop(intr, tid, block, barrier, &sense):
+        if interrupt_poll(intr, tid) if by_rows else interrupt_stop(intr, tid, block, barrier, &sense):
             return
         block += 1
         s0 = s1
@@ -598,18 +613,24 @@ def forward(int cell,
     cdef int nt = team_size(2.0 * N * G * H * (I + H), 2.0 * B * G * H * (I + H), n_threads, H, nr, B,
                             packed_hh_bytes), tid, team
     cdef bint by_rows = share_rows(nt, B, packed_hh_bytes)
-    cdef Py_ssize_t chunk = max(CHUNK_ROWS, B)
-    # each thread gathers the rows of the steps of the reverse direction for itself
-    cdef Py_ssize_t xg_size = chunk * I if reverse else 0, f = sizeof(floating)
+    # rows of a chunk: all of them when sharing the units, a thread's when
+    # sharing the rows (each thread then has its own xw); at least a whole
+    # step's, whatever team OpenMP gives
+    cdef Py_ssize_t chunk = max(CHUNK_ROWS, B), n_xw = 1
+    if by_rows:
+        chunk, n_xw = max(CHUNK_ROWS, B), nt
+    # each thread gathers the rows it projects for itself, unless they are
+    # consecutive in x (every row of a step forwards)
+    cdef Py_ssize_t xg_size = chunk * I if reverse or by_rows else 0, f = sizeof(floating)
     cdef Scratch scratch = Scratch(padded(W * I * f) + padded(W * H * f) + padded(2 * W * f)
-                                   + padded(chunk * W * f) + padded(B * W * f) + padded(2 * B * H * f)
+                                   + n_xw * padded(chunk * W * f) + padded(B * W * f) + padded(2 * B * H * f)
                                    + padded(B * H * f) + steps_bytes(batch_sizes.shape[0], B)
                                    + nt * padded(xg_size * f))
     cdef Steps steps = make_steps(batch_sizes, B, reverse, scratch)
     cdef floating *packed_ih = <floating *>scratch.take(W * I * f)
     cdef floating *packed_hh = <floating *>scratch.take(W * H * f)
     cdef floating *bias = <floating *>scratch.take(2 * W * f)
-    cdef floating *xw = <floating *>scratch.take(chunk * W * f)
+    cdef floating *xw = <floating *>scratch.take(n_xw * padded(chunk * W * f))
     cdef floating *hw = <floating *>scratch.take(B * W * f)
     cdef floating *hbuf = <floating *>scratch.take(2 * B * H * f)
     cdef floating *rh = <floating *>scratch.take(B * H * f)
@@ -635,7 +656,8 @@ def forward(int cell,
                        &y[0, 0], y.strides[0] // sizeof(floating), y_rows_ptr, &h_n[0, 0], c_ptr,
                        gates_ptr, saved_ptr, h_prev_ptr, &x[0, 0], &weight_ih[0, 0], &weight_hh[0, 0],
                        &bias_ih[0], &bias_hh[0], &h_0[0, 0], hbuf, packed_ih, packed_hh,
-                       bias, xw, chunk, hw, rh, xg + tid * padded(xg_size * f) // f, &intr)
+                       bias, xw + (tid * padded(chunk * W * f) // f if by_rows else 0), chunk, hw, rh,
+                       xg + tid * padded(xg_size * f) // f, &intr)
     call_ended()
     if intr.stop:
         _raise_pending()
@@ -643,11 +665,14 @@ def forward(int cell,
 
 # --- products over all rows, for the gradients ----------------------------------
 
-# dweight += dG.T @ X over all N rows, in blocks of GRAD_KC rows: each block
-# of X (and of h_prev) is packed once, then the output rows are shared out in
-# tiles of GRAD_TILE (a multiple of the kernel's 6 rows), each tile taking its
-# columns of the dG block transposed into scratch.  Blocks and tiles depend on
-# the shapes only; the packed blocks are the only scratch, whatever N.
+# dweight += dG.T @ X over all N rows, in blocks of GRAD_KC rows: the threads
+# pack each block of X (and of h_prev) together, then take the output rows in
+# tiles of at most GRAD_TILE (tile_count, tile_start), each tile taking its
+# columns of the dG block transposed into scratch; one parallel region for
+# all the blocks (with one region per block, one thread packed while the
+# other waited: measured, the single region and the balanced tiles made RNN,
+# GRU and LSTM forward+backward 2.5-7% faster at B=32, H=128).  The packed
+# blocks are the only scratch, whatever N.
 cdef Py_ssize_t GRAD_TILE = 48
 cdef Py_ssize_t GRAD_KC = 256
 cdef Py_ssize_t DX_TILE = 96
@@ -666,16 +691,21 @@ cdef void weight_grad_tile(floating *dw, Py_ssize_t ldw, Py_ssize_t m0, Py_ssize
         rgemm(min(m1, m_end2) - m0, n_out2, kc, gt, kc, packed2, dw2 + m0 * n_out2, n_out2, True)
 
 
-cdef Py_ssize_t balanced_tile(Py_ssize_t rows, Py_ssize_t max_tile, int threads) noexcept nogil:
-    """Rows per tile, a multiple of the kernel's 6 and at most max_tile, for a
-    tile count that is a multiple of the thread count where the rows allow
-    (fixed tiles of 48 left RNN's 128 rows in 96 + 32 over two threads).
-    Results do not depend on the tiles, so they may depend on the threads."""
-    cdef Py_ssize_t n = (rows + max_tile - 1) // max_tile
-    if n < 1:
-        return max_tile
-    n = (n + threads - 1) // threads * threads
-    return min(max_tile, ((rows + n - 1) // n + 5) // 6 * 6)
+cdef inline Py_ssize_t tile_count(Py_ssize_t rows, int threads) noexcept nogil:
+    """Tiles of a product's output rows: a multiple of the threads (fixed
+    tiles of 48 rows left RNN's 128 rows in 96 + 32 over two threads), each
+    at most GRAD_TILE rows (tile_start).  Results do not depend on the
+    tiles, so they may depend on the threads."""
+    cdef Py_ssize_t n = (rows + GRAD_TILE - 7) // (GRAD_TILE - 6)
+    return max(1, (n + threads - 1) // threads) * threads
+
+
+cdef inline Py_ssize_t tile_start(Py_ssize_t rows, Py_ssize_t n_tiles, Py_ssize_t t) noexcept nogil:
+    """The first row of tile t of n_tiles: about t / n_tiles of the rows, at a
+    multiple of the kernel's 6 rows (so at most GRAD_TILE - 6 + 6 rows each)."""
+    if t >= n_tiles:
+        return rows
+    return min(rows, (t * rows // n_tiles + 3) // 6 * 6)
 
 
 cdef void weight_grads(floating *dw_ih, floating *dw_hh, floating *dw_hn,
@@ -686,29 +716,77 @@ cdef void weight_grads(floating *dw_ih, floating *dw_hh, floating *dw_hn,
     """dw_ih (GH, I) += g.T @ x, g (N, GH) with rows ldg apart ; unless dw_hh is
     NULL, dw_hh[:GH_direct] (H wide) += g[:, :GH_direct].T @ h_prev ; and with g_hn
     (the GRU's n gate, (N, H)), dw_hn (H, H) += g_hn.T @ h_prev.
-    packed_x, packed_h: a block of x and of h_prev packed; gt (n_threads, GRAD_TILE * GRAD_KC)."""
-    cdef int threads = n_threads
+    packed_x, packed_h: two blocks of x and of h_prev packed (grad_block_len);
+    gt (n_threads, GRAD_TILE * GRAD_KC)."""
+    cdef int threads = n_threads, tid, team
     if 2.0 * GH * (I + H) * N < MIN_PARALLEL_FLOPS:
         threads = 1
-    cdef Py_ssize_t tile = balanced_tile(GH, GRAD_TILE, threads), tile_hn = balanced_tile(H, GRAD_TILE, threads)
-    cdef Py_ssize_t k0 = 0, kc, i, n_tiles = (GH + tile - 1) // tile, n_tiles_hn = (H + tile_hn - 1) // tile_hn
-    if threads > n_tiles:
-        threads = <int>n_tiles
+    cdef Py_ssize_t n_ih = tile_count(GH, threads), n_hn = tile_count(H, threads) if g_hn != NULL else 0
+    cdef Py_ssize_t next_tile = 0
+    cdef fr_barrier barrier
+    fr_barrier_init(&barrier, 1)
+    with parallel(num_threads=threads):
+        tid = fr_omp_get_thread_num()
+        team = fr_omp_get_num_threads()
+        if tid == 0:
+            fr_barrier_init(&barrier, team)
+        fr_omp_barrier()
+        weight_grads_thread(dw_ih, dw_hh, dw_hn, g, ldg, GH, GH_direct, g_hn, x, I, h_prev, H, N,
+                            packed_x, packed_h, gt + tid * GRAD_TILE * GRAD_KC, n_ih, n_hn, &next_tile,
+                            tid, team, &barrier)
+
+
+cdef inline Py_ssize_t grad_block_len(floating dummy, Py_ssize_t n) noexcept nogil:
+    """Scratch (elements) for weight_grads' two packed blocks of an (., n) operand."""
+    return 2 * fr_packed_len(n, GRAD_KC, panel_width(dummy))
+
+
+cdef void weight_grads_thread(floating *dw_ih, floating *dw_hh, floating *dw_hn,
+                              const floating *g, Py_ssize_t ldg, Py_ssize_t GH, Py_ssize_t GH_direct,
+                              const floating *g_hn, const floating *x, Py_ssize_t I,
+                              const floating *h_prev, Py_ssize_t H, Py_ssize_t N,
+                              floating *packed_x, floating *packed_h, floating *gt,
+                              Py_ssize_t n_ih, Py_ssize_t n_hn, Py_ssize_t *next_tile,
+                              int tid, int nt, fr_barrier *barrier) noexcept nogil:
+    """Thread tid's part of weight_grads: its panels of each block packed, then
+    after a barrier the block's tiles, taken in turn from a shared counter
+    (their costs differ: only some rows of dw_ih have rows of dw_hh too).  Tile
+    t of block b is number b * n_tiles + t; a thread that takes one of the next
+    block keeps it for then (with at least as many tiles as threads, none of
+    the block after can be taken before every thread is done with this one).
+    n_ih tiles of the rows of dw_ih, then n_hn of dw_hn's (tile_count).
+    The blocks alternate between two packed buffers, so that one barrier per
+    block is enough: a thread packing block b + 1 knows every thread is done
+    with block b - 1, the last one in that buffer."""
+    cdef Py_ssize_t nr = panel_width(<floating>0), P_x = (I + nr - 1) // nr, P_h = (H + nr - 1) // nr
+    cdef Py_ssize_t len_x = fr_packed_len(I, GRAD_KC, nr), len_h = fr_packed_len(H, GRAD_KC, nr)
+    cdef Py_ssize_t n_tiles = n_ih + n_hn, k0 = 0, kc, t, block = 0, taken = -1
+    cdef floating *px
+    cdef floating *ph
+    cdef int sense = 0
     while k0 < N:
         kc = min(GRAD_KC, N - k0)
-        pack_columns(packed_x, x + k0 * I, I, I, kc, threads)
+        px = packed_x + (block & 1) * len_x
+        ph = packed_h + (block & 1) * len_h
+        pack_cols(px, x + k0 * I, I, I, kc, tid * P_x // nt, (tid + 1) * P_x // nt)
         if dw_hh != NULL:
-            pack_columns(packed_h, h_prev + k0 * H, H, H, kc, threads)
-        for i in prange(n_tiles, num_threads=threads, schedule='dynamic'):
-            weight_grad_tile(dw_ih, I, i * tile, min(GH, i * tile + tile),
-                             g + k0 * ldg, ldg, kc, packed_x, I, dw_hh, GH_direct, packed_h, H,
-                             gt + fr_omp_get_thread_num() * GRAD_TILE * GRAD_KC)
-        if g_hn != NULL:
-            for i in prange(n_tiles_hn, num_threads=threads, schedule='dynamic'):
-                weight_grad_tile(dw_hn, H, i * tile_hn, min(H, i * tile_hn + tile_hn),
-                                 g_hn + k0 * H, H, kc, packed_h, H, NULL, 0, NULL, 0,
-                                 gt + fr_omp_get_thread_num() * GRAD_TILE * GRAD_KC)
+            pack_cols(ph, h_prev + k0 * H, H, H, kc, tid * P_h // nt, (tid + 1) * P_h // nt)
+        fr_barrier_wait(barrier, &sense)    # the block is packed
+        while True:
+            if taken < 0:
+                taken = fr_take_next(next_tile)
+            t = taken - block * n_tiles
+            if t >= n_tiles:    # the next block's
+                break
+            taken = -1
+            if t < n_ih:
+                weight_grad_tile(dw_ih, I, tile_start(GH, n_ih, t), tile_start(GH, n_ih, t + 1),
+                                 g + k0 * ldg, ldg, kc, px, I, dw_hh, GH_direct, ph, H, gt)
+            else:
+                weight_grad_tile(dw_hn, H, tile_start(H, n_hn, t - n_ih), tile_start(H, n_hn, t - n_ih + 1),
+                                 g_hn + k0 * H, H, kc, ph, H, NULL, 0, NULL, 0, gt)
         k0 += kc
+        block += 1
 
 
 cdef void rows_product(floating *c, Py_ssize_t ldc, const floating *a, Py_ssize_t lda,
@@ -834,10 +912,13 @@ cdef void backward_thread(
                     gru_reset_before_reset_backward_step(n, H, gates + r * GH + u0, d + j * GH + u0,
                                                          drh + j * H + u0, h_prev + r * H + u0, dh + j * H + u0)
         block_end = (S - s) % BACKWARD_BLOCK == 0   # the last step of a block of BACKWARD_BLOCK
+        if by_rows:
+            if block_end and interrupt_poll(intr, tid):
+                return
+            continue
         if block_end:
             interrupt_propose(intr, tid, (S - s) // BACKWARD_BLOCK)
-        if block_end or not by_rows:
-            fr_barrier_wait(barrier, &sense)    # every thread's share of dhw is in place
+        fr_barrier_wait(barrier, &sense)    # every thread's share of dhw is in place
         if block_end and interrupt_stop(intr, tid, (S - s) // BACKWARD_BLOCK, barrier, &sense):
             return
     if busy:   # the gradient of the initial state
@@ -923,7 +1004,7 @@ def backward(int cell,
     # gradient of the recurrent products is the same, but for the GRU's n
     # gate, whose part (dhn) is in saved.  Then the products over all rows.
     cdef Py_ssize_t pi = fr_packed_len(I, GH, nr)
-    cdef Py_ssize_t px = fr_packed_len(I, GRAD_KC, nr), ph = fr_packed_len(H, GRAD_KC, nr)
+    cdef Py_ssize_t px = grad_block_len(<floating>0, I), ph = grad_block_len(<floating>0, H)
     cdef Scratch products = Scratch(padded(pi * f) + padded(px * f) + padded(ph * f)
                                     + padded(n_threads * GRAD_TILE * GRAD_KC * f))
     cdef floating *packed_w_ih = <floating *>products.take(pi * f)
@@ -986,7 +1067,7 @@ def linear_backward(floating[:, ::1] dx,           # (N, in) OUT, or (0, in): no
     """dx = dy @ weight ; dweight += dy.T @ x ; dbias += dy summed over rows."""
     cdef Py_ssize_t N = x.shape[0], I = x.shape[1], O = weight.shape[0]
     cdef Py_ssize_t nr = panel_width(<floating>0), f = sizeof(floating)
-    cdef Py_ssize_t pw = fr_packed_len(I, O, nr), px = fr_packed_len(I, GRAD_KC, nr)
+    cdef Py_ssize_t pw = fr_packed_len(I, O, nr), px = grad_block_len(<floating>0, I)
     if n_threads < 1:
         n_threads = 1
     cdef Scratch scratch = Scratch(padded(pw * f) + padded(px * f) + padded(n_threads * GRAD_TILE * GRAD_KC * f))

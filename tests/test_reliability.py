@@ -247,8 +247,14 @@ import numpy as np, fastrnn
 mode, which = sys.argv[1], sys.argv[2]
 layer = {"RNN_TANH": lambda: fastrnn.RNN(16, 32, seed=0), "LSTM": lambda: fastrnn.LSTM(16, 32, seed=0),
          "GRU": lambda: fastrnn.GRU(16, 32, seed=0),
-         "GRU_RESET_BEFORE": lambda: fastrnn.GRU(16, 32, reset_after=False, seed=0)}[mode]()
-x = np.random.default_rng(0).standard_normal((3 * 10**6, 1, 16)).astype(np.float32)
+         "GRU_RESET_BEFORE": lambda: fastrnn.GRU(16, 32, reset_after=False, seed=0),
+         "LSTM_ROWS": lambda: fastrnn.LSTM(16, 64, seed=0)}[mode]()
+if mode == "LSTM_ROWS":   # 8 rows over 2 threads: they share the rows, and never meet at a barrier
+    fastrnn.set_num_threads(2)
+    layer.eval()
+    x = np.random.default_rng(0).standard_normal((3 * 10**5, 8, 16)).astype(np.float32)
+else:
+    x = np.random.default_rng(0).standard_normal((3 * 10**6, 1, 16)).astype(np.float32)
 if which == "backward":
     y, _ = layer(x)
     before = {k: v.copy() for k, v in layer.grads.items()}
@@ -265,6 +271,7 @@ except KeyboardInterrupt:
     print(f"interrupted {time.perf_counter() - sent[0]:.3f}")
 if which == "backward":
     print("grads unchanged" if all(np.array_equal(before[k], layer.grads[k]) for k in before) else "grads changed")
+layer.train()
 y, _ = layer(x[:20])
 layer.backward(np.ones_like(y))
 print("usable")
@@ -272,12 +279,13 @@ print("usable")
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
-@pytest.mark.parametrize("which", ["forward", "backward"])
-@pytest.mark.parametrize("mode", ["RNN_TANH", "LSTM", "GRU", "GRU_RESET_BEFORE"])
+@pytest.mark.parametrize("mode, which", [(mode, which) for mode in ["RNN_TANH", "LSTM", "GRU", "GRU_RESET_BEFORE"]
+                                         for which in ["forward", "backward"]] + [("LSTM_ROWS", "forward")])
 def test_ctrl_c_interrupts_a_long_call(mode, which, tmp_path):
-    """SIGINT during a forward or backward over T = 3,000,000 steps raises
-    KeyboardInterrupt before the call ends; a backward leaves the gradients
-    unchanged; the layer works afterwards."""
+    """SIGINT during a forward or backward over T = 3,000,000 steps (a batch of
+    one: threads share the units; LSTM_ROWS: 300,000 steps of 8 rows, threads
+    share the rows) raises KeyboardInterrupt before the call ends; a backward
+    leaves the gradients unchanged; the layer works afterwards."""
     # cwd: not the source folder, which would shadow an installed fastrnn
     result = subprocess.run([sys.executable, "-c", SIGINT_CHILD, mode, which], capture_output=True, text=True,
                             env=subprocess_env(), cwd=tmp_path, timeout=300)
