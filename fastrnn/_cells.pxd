@@ -22,7 +22,11 @@
 # dweight_hh).
 #
 # Each loop runs over the units; the compiler vectorises it (the activations
-# in csrc/activations.h are branch-free arithmetic).
+# in csrc/activations.h are branch-free arithmetic).  Constants are written
+# <floating>1: Cython turns a bare 1 in `1 - x` into the C double 1.0, and the
+# float32 loops then ran in double, converting every element both ways
+# (measured, in float: LSTM forward+backward 3-4% faster at B=32, H=128 and
+# at B=1, H=64).
 from fastrnn._common cimport floating, sigmoid, tanh, relu
 
 
@@ -71,7 +75,7 @@ cdef inline void rnn_backward_step(
         if use_relu:
             d = d if saved[u] > 0 else 0
         else:
-            d = d * (1 - saved[u] * saved[u])
+            d = d * (<floating>1 - saved[u] * saved[u])
         gates[u] = d
         dhw[u] = d
 
@@ -122,11 +126,11 @@ cdef inline void lstm_backward_step(
         o = gates[3 * gs + u]
         tc = tanh(c[u])
         dh_t = dh[u] + dy[u]
-        dc_t = dc[u] + dh_t * o * (1 - tc * tc)
-        di = dc_t * g * i * (1 - i)
-        df = dc_t * c_prev[u] * f * (1 - f)
-        dg = dc_t * i * (1 - g * g)
-        do = dh_t * tc * o * (1 - o)
+        dc_t = dc[u] + dh_t * o * (<floating>1 - tc * tc)
+        di = dc_t * g * i * (<floating>1 - i)
+        df = dc_t * c_prev[u] * f * (<floating>1 - f)
+        dg = dc_t * i * (<floating>1 - g * g)
+        do = dh_t * tc * o * (<floating>1 - o)
         dc[u] = dc_t * f
         gates[u] = di
         gates[gs + u] = df
@@ -181,9 +185,9 @@ cdef inline void gru_backward_step(
         nn = gates[2 * gs + u]
         hn = saved[u]
         dh_t = dh[u] + dy[u]
-        dn = dh_t * (1 - z) * (1 - nn * nn)
-        dz = dh_t * (h_prev[u] - nn) * z * (1 - z)
-        dr = dn * hn * r * (1 - r)
+        dn = dh_t * (<floating>1 - z) * (<floating>1 - nn * nn)
+        dz = dh_t * (h_prev[u] - nn) * z * (<floating>1 - z)
+        dr = dn * hn * r * (<floating>1 - r)
         dhn = dn * r
         dh[u] = dh_t * z
         gates[u] = dr
@@ -250,8 +254,8 @@ cdef inline void gru_reset_before_backward_step(
         z = gates[gs + u]
         nn = gates[2 * gs + u]
         dh_t = dh[u] + dy[u]
-        dn = dh_t * (1 - z) * (1 - nn * nn)
-        dz = dh_t * (h_prev[u] - nn) * z * (1 - z)
+        dn = dh_t * (<floating>1 - z) * (<floating>1 - nn * nn)
+        dz = dh_t * (h_prev[u] - nn) * z * (<floating>1 - z)
         dh[u] = dh_t * z
         gates[gs + u] = dz
         gates[2 * gs + u] = dn
@@ -270,7 +274,7 @@ cdef inline void gru_reset_before_reset_backward_step(
     cdef floating r, dr
     for u in range(n):
         r = gates[u]
-        dr = drh[u] * h_prev[u] * r * (1 - r)
+        dr = drh[u] * h_prev[u] * r * (<floating>1 - r)
         dh[u] += drh[u] * r
         gates[u] = dr
         dhw[u] = dr
