@@ -27,12 +27,12 @@
 # (share_rows).  Sharing the rows (at least 4 each, weight_hh small enough for
 # a core's cache), each thread runs its rows through every step with all the
 # units, projecting its own rows of x too: the threads meet once, when the
-# weights are packed.  Sharing
-# the units (whole panels each), every thread computes its units' gates for
-# every row, so each product keeps all the batch's rows and each thread reads
-# only its share of the weights (what large weights and small batches need);
-# a spin barrier (csrc/barrier.h) ends each step.  The products over all rows
-# of the backward are cut into tiles of output rows.  Every output element of
+# weights are packed.  Sharing the units (whole panels each), every thread
+# computes its units' gates for every row, so each product keeps all the
+# batch's rows and each thread reads only its share of the weights (what
+# large weights and small batches need); a spin barrier (csrc/barrier.h) ends
+# each step.  The products over all rows of the backward are cut into tiles
+# of output rows, which the threads take in turn.  Every output element of
 # a product is computed by the same sequence of operations whichever thread,
 # tile or kernel shape it falls in, so results are bitwise identical for any
 # number of threads and either way of sharing.
@@ -616,9 +616,7 @@ def forward(int cell,
     # rows of a chunk: all of them when sharing the units, a thread's when
     # sharing the rows (each thread then has its own xw); at least a whole
     # step's, whatever team OpenMP gives
-    cdef Py_ssize_t chunk = max(CHUNK_ROWS, B), n_xw = 1
-    if by_rows:
-        chunk, n_xw = max(CHUNK_ROWS, B), nt
+    cdef Py_ssize_t chunk = max(CHUNK_ROWS, B), n_xw = nt if by_rows else 1
     # each thread gathers the rows it projects for itself, unless they are
     # consecutive in x (every row of a step forwards)
     cdef Py_ssize_t xg_size = chunk * I if reverse or by_rows else 0, f = sizeof(floating)
@@ -702,7 +700,8 @@ cdef inline Py_ssize_t tile_count(Py_ssize_t rows, int threads) noexcept nogil:
 
 cdef inline Py_ssize_t tile_start(Py_ssize_t rows, Py_ssize_t n_tiles, Py_ssize_t t) noexcept nogil:
     """The first row of tile t of n_tiles: about t / n_tiles of the rows, at a
-    multiple of the kernel's 6 rows (so at most GRAD_TILE - 6 + 6 rows each)."""
+    multiple of the kernel's 6 rows.  With tile_count's n_tiles (a share of at
+    most GRAD_TILE - 6 rows each), a tile has at most GRAD_TILE rows."""
     if t >= n_tiles:
         return rows
     return min(rows, (t * rows // n_tiles + 3) // 6 * 6)
