@@ -765,8 +765,8 @@ cdef void weight_grads_thread(floating *dw_ih, floating *dw_hh, floating *dw_hn,
     cdef int sense = 0
     while k0 < N:
         kc = min(GRAD_KC, N - k0)
-        px = packed_x + (block & 1) * len_x
-        ph = packed_h + (block & 1) * len_h
+        px = packed_x + (block & 1 if nt > 1 else 0) * len_x   # one thread: one buffer (the other's pages
+        ph = packed_h + (block & 1 if nt > 1 else 0) * len_h   # stay untouched, not resident)
         pack_cols(px, x + k0 * I, I, I, kc, tid * P_x // nt, (tid + 1) * P_x // nt)
         if dw_hh != NULL:
             pack_cols(ph, h_prev + k0 * H, H, H, kc, tid * P_h // nt, (tid + 1) * P_h // nt)
