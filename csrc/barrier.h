@@ -34,12 +34,15 @@
 #define FR_YIELD() sched_yield()
 #endif
 
+/* Every thread writes it at every step: a cache line of its own (unaligned,
+ * it would straddle two, shared with whatever locals of the caller's stack
+ * frame lie beside it). */
 typedef struct {
     int count;      /* threads arrived in this round */
     int sense;      /* flips each round */
     int n;          /* threads in the team */
     char pad[64 - 3 * sizeof(int)];
-} fr_barrier;
+} __attribute__((aligned(64))) fr_barrier;
 
 static inline void fr_barrier_init(fr_barrier *b, int n)
 {
