@@ -7,8 +7,9 @@ Environment switches:
                          run with libasan preloaded: tools/sanitize.sh)
   FASTRNN_ARCH=...       native (the default): for the machine building it;
                          portable: for any CPU of the platform, plus, on
-                         x86-64, a second build of the kernels for x86-64-v3
-                         (AVX2, FMA) chosen at import (the wheels);
+                         x86-64, two more builds of the kernels, for
+                         x86-64-v3 (AVX2, FMA) and x86-64-v4 (AVX-512), the
+                         widest the CPU runs chosen at import (the wheels);
                          none: no -march; anything else: the -march value
 """
 import os
@@ -25,8 +26,12 @@ NO_OPENMP = os.environ.get("FASTRNN_NO_OPENMP", "") not in ("", "0")
 SANITIZE = os.environ.get("FASTRNN_SANITIZE", "") not in ("", "0")
 ARCH = os.environ.get("FASTRNN_ARCH", "native")
 X86_64 = platform.machine().lower() in ("x86_64", "amd64")
-# flags for the x86-64-v3 build of a portable build, by compiler: the first accepted
-AVX2_FLAGS = {"msvc": [["/arch:AVX2"]], "unix": [["-march=x86-64-v3"], ["-march=haswell"]]}
+# flags for the extra builds of the kernels in a portable build (module
+# fastrnn._recurrence_<variant>), by compiler: the first accepted
+VARIANT_FLAGS = {
+    "avx2": {"msvc": [["/arch:AVX2"]], "unix": [["-march=x86-64-v3"], ["-march=haswell"]]},
+    "avx512": {"msvc": [["/arch:AVX512"]], "unix": [["-march=x86-64-v4"], ["-march=skylake-avx512"]]},
+}
 
 # Cython directives, all in one place.
 DIRECTIVES = {
@@ -112,13 +117,16 @@ class BuildExt(build_ext):
             "sanitize": SANITIZE,
             "arch": ARCH,
         }
-        avx2 = []
-        if any(ext.name.endswith("_avx2") for ext in self.extensions):
-            candidates = AVX2_FLAGS["msvc" if is_msvc else "unix"]
-            avx2 = next((flags for flags in candidates if compiler_accepts(compiler, flags, link=False)), None)
-            if avx2 is None:
-                raise RuntimeError(f"the compiler accepts none of {candidates} for the AVX2 build of the kernels")
-            build_info["cflags_avx2"] = " ".join(cflags + avx2 + omp_compile)
+        variant_flags = {}
+        for variant, by_compiler in VARIANT_FLAGS.items():
+            if not any(ext.name.endswith(f"_{variant}") for ext in self.extensions):
+                continue
+            candidates = by_compiler["msvc" if is_msvc else "unix"]
+            flags = next((f for f in candidates if compiler_accepts(compiler, f, link=False)), None)
+            if flags is None:
+                raise RuntimeError(f"the compiler accepts none of {candidates} for the {variant} build of the kernels")
+            variant_flags[variant] = flags
+            build_info[f"cflags_{variant}"] = " ".join(cflags + flags + omp_compile)
         # next to the compiled module: in the build tree, and in the sources
         # for an in-place build (setuptools builds in the tree, then copies)
         package_dirs = {os.path.dirname(self.get_ext_fullpath("fastrnn._recurrence"))}
@@ -130,7 +138,8 @@ class BuildExt(build_ext):
                 f.write("# Written by setup.py at build time.\n")
                 f.write(f"BUILD_INFO = {build_info!r}\n")
         for ext in self.extensions:
-            ext.extra_compile_args = cflags + (avx2 if ext.name.endswith("_avx2") else []) + omp_compile
+            extra = next((f for v, f in variant_flags.items() if ext.name.endswith(f"_{v}")), [])
+            ext.extra_compile_args = cflags + extra + omp_compile
             ext.extra_link_args = omp_link + sanitize_link
         super().build_extensions()
 
@@ -139,7 +148,7 @@ def extensions():
     from Cython.Build import cythonize
 
     here = os.path.dirname(os.path.abspath(__file__))
-    names = ["_recurrence"] + (["_recurrence_avx2"] if ARCH == "portable" and X86_64 else [])
+    names = ["_recurrence"] + ([f"_recurrence_{v}" for v in VARIANT_FLAGS] if ARCH == "portable" and X86_64 else [])
     depends = [os.path.join("csrc", name) for name in sorted(os.listdir(os.path.join(here, "csrc")))] + [
         os.path.join("fastrnn", name) for name in ("_common.pxd", "_cells.pxd", "_recurrence.pyx")]
     exts = [Extension(f"fastrnn.{name}", sources=[os.path.join("fastrnn", f"{name}.pyx")],

@@ -1,6 +1,7 @@
 /* What the CPU can run, asked at run time: a portable build (a wheel) carries
- * the kernels twice, for any x86-64 CPU and for x86-64-v3 (AVX2, FMA), and
- * fastrnn._kernels imports the second only where the CPU has them. */
+ * the kernels three times, for any x86-64 CPU, for x86-64-v3 (AVX2, FMA) and
+ * for x86-64-v4 (AVX-512 F, BW, CD, DQ, VL), and fastrnn._kernels imports the
+ * widest one the CPU (and the OS, which must save the vector registers) runs. */
 #ifndef FASTRNN_CPU_H
 #define FASTRNN_CPU_H
 
@@ -18,13 +19,30 @@ static inline int fr_cpu_has_avx2_fma(void) {
     __cpuidex(r, 7, 0);
     return (r[1] >> 5) & 1;
 }
+static inline int fr_cpu_has_avx512(void) {
+    int r[4];
+    if (!fr_cpu_has_avx2_fma()) return 0;
+    /* the OS saving the opmask and zmm registers too */
+    if ((_xgetbv(0) & 0xe6) != 0xe6) return 0;
+    __cpuidex(r, 7, 0);
+    /* F (16), DQ (17), CD (28), BW (30), VL (31) */
+    return ((unsigned)r[1] & 0xd0030000u) == 0xd0030000u;
+}
 #elif (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
 static inline int fr_cpu_has_avx2_fma(void) {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 }
+/* (gcc's and clang's checks include the OS's saving of the registers) */
+static inline int fr_cpu_has_avx512(void) {
+    __builtin_cpu_init();
+    return fr_cpu_has_avx2_fma() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")
+        && __builtin_cpu_supports("avx512cd") && __builtin_cpu_supports("avx512dq")
+        && __builtin_cpu_supports("avx512vl");
+}
 #else
 static inline int fr_cpu_has_avx2_fma(void) { return 0; }
+static inline int fr_cpu_has_avx512(void) { return 0; }
 #endif
 
 /* The instruction sets this module was compiled for (its -march). */

@@ -46,6 +46,7 @@ cdef extern from "omp_compat.h" nogil:
 
 cdef extern from "cpu.h" nogil:
     int fr_cpu_has_avx2_fma()
+    int fr_cpu_has_avx512()
     const char *fr_compiled_for()
 
 

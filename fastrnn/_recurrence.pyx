@@ -49,7 +49,7 @@ from libc.string cimport memcpy
 
 from fastrnn._common cimport (
     floating, sigmoid, tanh, relu, rgemm, transpose, pack_rows, pack_cols, panel_width, fr_packed_len,
-    FR_HAVE_OPENMP, fr_cpu_has_avx2_fma, fr_compiled_for, fr_omp_get_max_threads, fr_omp_get_thread_num,
+    FR_HAVE_OPENMP, fr_cpu_has_avx2_fma, fr_cpu_has_avx512, fr_compiled_for, fr_omp_get_max_threads, fr_omp_get_thread_num,
     fr_omp_get_num_threads, fr_omp_barrier, fr_omp_get_wtime, fr_barrier, fr_barrier_init, fr_barrier_wait,
     fr_flag_raise, fr_flag_raised, fr_take_next)
 from fastrnn._cells cimport (
@@ -91,6 +91,11 @@ def parallel_threshold(flops=None):
 def cpu_has_avx2_fma():
     """Whether this CPU runs AVX2 and FMA code (fastrnn._kernels asks)."""
     return bool(fr_cpu_has_avx2_fma())
+
+
+def cpu_has_avx512():
+    """Whether this CPU runs x86-64-v4 code: AVX-512 F, BW, CD, DQ, VL."""
+    return bool(fr_cpu_has_avx512())
 
 
 def compiled_for():

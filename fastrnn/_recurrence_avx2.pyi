@@ -1,7 +1,8 @@
 # The same kernels as fastrnn._recurrence (see its .pyi), compiled for x86-64-v3 (AVX2, FMA).
 from fastrnn._recurrence import (CELLS as CELLS, GATES as GATES, activation as activation,
                                  backward as backward, compiled_for as compiled_for,
-                                 cpu_has_avx2_fma as cpu_has_avx2_fma, forward as forward,
+                                 cpu_has_avx2_fma as cpu_has_avx2_fma,
+                                 cpu_has_avx512 as cpu_has_avx512, forward as forward,
                                  linear_backward as linear_backward, linear_forward as linear_forward,
                                  openmp_enabled as openmp_enabled, openmp_max_threads as openmp_max_threads,
                                  parallel_threshold as parallel_threshold)

@@ -103,7 +103,7 @@ def show_config(file: IO[str] | None = None) -> dict[str, Any]:
     except ImportError:  # built by something other than setup.py
         BUILD_INFO = {}
 
-    cflags = BUILD_INFO.get("cflags_avx2") if variant == "avx2" else BUILD_INFO.get("cflags")
+    cflags = BUILD_INFO.get(f"cflags_{variant}", BUILD_INFO.get("cflags"))
     config: dict[str, Any] = {
         "version": __version__,
         "python": sys.version.split()[0],

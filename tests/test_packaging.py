@@ -35,11 +35,12 @@ def test_mypy_strict_passes_on_the_package():
 def test_stubs_of_the_compiled_modules_match_them(tmp_path):
     require("mypy")
     modules = ["fastrnn._recurrence"]
-    try:
-        import fastrnn._recurrence_avx2  # noqa: F401  (a portable build only)
-        modules.append("fastrnn._recurrence_avx2")
-    except ImportError:
-        pass
+    for variant in ("avx2", "avx512"):   # a portable build only
+        try:
+            importlib.import_module(f"fastrnn._recurrence_{variant}")
+            modules.append(f"fastrnn._recurrence_{variant}")
+        except ImportError:
+            pass
     result = _run(["-m", "mypy.stubtest", "--mypy-config-file", os.path.join(REPO, "pyproject.toml"),
                    "--allowlist", os.path.join(REPO, "tools", "stubtest-allowlist.txt")] + modules,
                   cwd=tmp_path)   # not the source folder: the fastrnn under test, with its compiled modules
@@ -63,7 +64,7 @@ def test_show_config_reports_build_and_runtime():
     assert config["version"] == fastrnn.__version__
     assert config["openmp"] is True, "the tests expect an OpenMP build"
     assert config["num_threads"] == fastrnn.get_num_threads() >= 1
-    assert config["kernels"] == _kernels.variant in ("native", "avx2", "baseline")
+    assert config["kernels"] == _kernels.variant in ("native", "avx512", "avx2", "baseline")
     assert config["kernels_compiled_for"]
     assert config["compiler"] and config["cflags"]
     if sys.platform.startswith("linux"):
@@ -92,17 +93,22 @@ def test_one_version():
 
 
 def test_kernel_builds_agree(tmp_path):
-    """A portable build's two builds of the kernels give the same numbers to
-    rounding (FMA contraction differs between them)."""
+    """A portable build's builds of the kernels (each that this CPU runs)
+    give the same numbers to rounding (FMA contraction and the panel width
+    differ between them)."""
     if not hasattr(_kernels, "baseline") or _kernels.recurrence is _kernels.baseline:
         pytest.skip("one build of the kernels here")
     import numpy as np
-    code = ("import numpy as np, fastrnn; x = np.random.default_rng(0).standard_normal((20, 5, 8)).astype('f');"
-            "l = fastrnn.GRU(8, 16, seed=1); y, _ = l(x); np.save(__import__('sys').argv[1], y)")
-    outs = []
-    for kernels in ("", "baseline"):
-        path = str(tmp_path / f"kernels_{kernels or 'default'}.npy")
+    code = ("import numpy as np, fastrnn, fastrnn._kernels as k; print(k.variant);"
+            "x = np.random.default_rng(0).standard_normal((20, 5, 8)).astype('f');"
+            "l = fastrnn.GRU(8, 40, seed=1); y, _ = l(x); np.save(__import__('sys').argv[1], y)")
+    outs = {}
+    for kernels in ("avx512", "avx2", "baseline"):
+        path = str(tmp_path / f"kernels_{kernels}.npy")
         env = dict(subprocess_env(), FASTRNN_KERNELS=kernels)
-        subprocess.run([sys.executable, "-c", code, path], check=True, env=env, cwd=tmp_path)
-        outs.append(np.load(path))
-    np.testing.assert_allclose(outs[0], outs[1], rtol=0, atol=1e-5)
+        ran = subprocess.run([sys.executable, "-c", code, path], check=True, env=env, cwd=tmp_path,
+                             capture_output=True, text=True).stdout.strip()
+        outs[ran] = np.load(path)
+    assert _kernels.variant in outs and "baseline" in outs
+    for variant, y in outs.items():
+        np.testing.assert_allclose(y, outs["baseline"], rtol=0, atol=1e-5, err_msg=variant)

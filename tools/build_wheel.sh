@@ -6,8 +6,8 @@
 #
 # Steps: `python -m build` makes the sdist, then the wheel FROM the sdist
 # (each in an isolated environment: the sdist is proved complete), with
-# FASTRNN_ARCH=portable (kernels for any x86-64 CPU plus an AVX2/FMA build
-# chosen at import); `auditwheel repair` copies libgomp into fastrnn.libs/ and
+# FASTRNN_ARCH=portable (kernels for any x86-64 CPU plus AVX2/FMA and AVX-512
+# builds, the widest the CPU runs chosen at import); `auditwheel repair` copies libgomp into fastrnn.libs/ and
 # tags the wheel with the oldest manylinux policy its symbols allow.  The tag
 # follows this machine's glibc: for wheels that install on old distributions
 # (manylinux2014), build in the manylinux containers, as cibuildwheel does
