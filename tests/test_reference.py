@@ -189,6 +189,32 @@ def test_grads_accumulate_and_zero(mode):
     assert all(not v.any() for v in layer.grads.values())
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_steps_reusing_the_workspace_match_the_reference(mode):
+    """A training forward reuses the workspace of the last tape (consumed by
+    backward, or replaced by a new forward): every step of a loop still
+    matches the reference, whatever came before it."""
+    rng = np.random.default_rng(11)
+    layer = make_layer(mode, 4, 5, num_layers=2, bidirectional=True, seed=2)
+    steps = ((6, 3, True, False), (6, 3, True, False), (6, 3, False, False), (6, 3, True, False),
+             (4, 3, True, False), (6, 3, True, True), (6, 3, True, False))   # T, B, consumed, ragged
+    for T, B, consume, ragged in steps:
+        x, h0, c0, lengths, dy, dh_n, dc_n = random_case(rng, mode, T, B, 4, 5, 2, 2, with_lengths=ragged)
+        hx = (h0, c0) if mode == "LSTM" else h0
+        y, h_n, c_n = run_layer(layer, x, hx, lengths)
+        if not consume:   # the next forward replaces this tape
+            continue
+        layer.zero_grad()
+        dx, dh_0, dc_0 = backward_layer(layer, dy, dh_n, dc_n)
+        want = reference_run(mode, layer, x, h0, c0, lengths, dy, dh_n, dc_n)
+        for name, got, expected in zip(("y", "h_n", "c_n", "dx", "dh_0", "dc_0"),
+                                       (y, h_n, c_n, dx, dh_0, dc_0), want[:6]):
+            if expected is not None:
+                assert_all_close(got, expected, np.float64, f"T={T}: {name}")
+        for name, g in want[6].items():
+            assert_all_close(layer.grads[name], g, np.float64, f"T={T}: grad {name}")
+
+
 def test_inputs_of_other_dtypes_and_layouts_are_converted():
     rng = np.random.default_rng(6)
     layer = make_layer("LSTM", 4, 5, dtype=np.float32, seed=0)
