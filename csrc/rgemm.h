@@ -37,7 +37,7 @@
  * 32-byte ones (one core, M=64, K=512, N=2048: 86 -> 109 GFLOP/s; M=8,
  * K=128, N=512: 78 -> 108): half the instructions and loads per flop.
  * (Kernels of 8 rows measured no faster than those of 6 on Zen 4; kernels of
- * 12, which read each panel half as often, 1.1-1.2x faster on Sapphire
+ * 12, which read each panel half as often, 1.1-1.2x faster on Emerald
  * Rapids: FR_MR.) */
 #if defined(__AVX512F__)
 #define FR_VECTOR_BYTES 64
@@ -48,7 +48,7 @@
 #endif
 #define FR_NR_F32 (2 * FR_VECTOR_BYTES / 4)
 /* rows of the largest kernel: 12 (24 accumulators) where there are 32 vector
- * registers (measured, one core of Sapphire Rapids: M=16, K=1024, N=2048
+ * registers (measured, one core of Emerald Rapids: M=16, K=1024, N=2048
  * 94 -> 114 GFLOP/s; M=32, K=128, N=512 115 -> 125) */
 #if defined(__AVX512F__)
 #define FR_MR 12
@@ -353,7 +353,7 @@ static void fr_rgemm_ldp_##SFX(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T *A
         big -= FR_MR; full += FR_MR - 6;                                             \
     }                                                                                \
     /* groups of 4 panels outer, so that a group's panels stay in cache for all \
-     * the rows: the blocks of 6, then the rows left over (measured on Sapphire  \
+     * the rows: the blocks of 6, then the rows left over (measured on Emerald  \
      * Rapids at M=16, K=1024, N=2048, where the weights are larger than L2:    \
      * 62 -> 90 GFLOP/s against a second pass over all the panels for them) */   \
     for (ptrdiff_t g = 0; g < np; g += 4) {                                               \
