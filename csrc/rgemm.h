@@ -215,6 +215,12 @@ static FR_NOINLINE void fr_kernel_##SFX##_##R##x##P(                            
     for (ptrdiff_t k = 0; k < K; k++) {                                                   \
         if (R >= 4) {  /* one panel: its two vectors held, each row's value broadcast */ \
             V w[2 * P];                                                              \
+            if (R > 6 && P == 1) {   /* the panel's row 64 ahead, into L2: weights   \
+                * larger than L2 come from L3 in the first block of rows (measured, \
+                * M=16-24, K=1024, N=2048: 1.03-1.3x; nothing lost in cache) */     \
+                __builtin_prefetch(Wp + (k + 64) * NR, 0, 2);                        \
+                __builtin_prefetch(Wp + (k + 64) * NR + NR / 2, 0, 2);               \
+            }                                                                        \
             for (int p = 0; p < P; p++) {                                            \
                 w[2 * p] = *(const VU *)(Wp + p * pstride + k * NR);                 \
                 w[2 * p + 1] = *(const VU *)(Wp + p * pstride + k * NR + NR / 2);    \
