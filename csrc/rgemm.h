@@ -47,14 +47,19 @@
 #define FR_VECTOR_BYTES 16
 #endif
 #define FR_NR_F32 (2 * FR_VECTOR_BYTES / 4)
-/* rows of the largest kernel: 12 (24 accumulators) where there are 32 vector
- * registers (measured, one core of Emerald Rapids: M=16, K=1024, N=2048
- * 94 -> 114 GFLOP/s; M=32, K=128, N=512 115 -> 125) */
+/* FR_WIDE: kernels of up to 24 accumulators where there are 32 vector
+ * registers (AVX-512), measured on one core of Emerald Rapids: 12 rows of one
+ * panel, the largest (FR_MR; M=16, K=1024, N=2048: 94 -> 114 GFLOP/s against
+ * blocks of 6; M=32, K=128, N=512: 115 -> 125); 4 or 5 rows of two panels
+ * (M=4-5, K=128, N=512: 1.2x against one); one row of 8 panels (M=1, K=64,
+ * N=256: 1.0-1.2x against 4). */
 #if defined(__AVX512F__)
+#define FR_WIDE 1
 #define FR_MR 12
 #define FR_KERNEL_MR(SFX) fr_kernel_##SFX##_12x1
 #define FR_DEFINE_KERNEL_MR(T, SFX, V, VU, NR) FR_DEFINE_KERNEL(T, SFX, V, VU, NR, 12, 1)
 #else
+#define FR_WIDE 0
 #define FR_MR 6
 #define FR_KERNEL_MR(SFX) fr_kernel_##SFX##_6x1
 #define FR_DEFINE_KERNEL_MR(T, SFX, V, VU, NR)
@@ -301,13 +306,16 @@ static inline void fr_kernel_##SFX##_##R##x##P(                                 
 #define FR_DEFINE_KERNELS(T, SFX, V, VU, NR)                                         \
 FR_DEFINE_KERNEL_MR(T, SFX, V, VU, NR)                                               \
 FR_DEFINE_KERNEL(T, SFX, V, VU, NR, 6, 1)                                            \
+FR_DEFINE_KERNEL(T, SFX, V, VU, NR, 5, 2)                                            \
 FR_DEFINE_KERNEL(T, SFX, V, VU, NR, 5, 1)                                            \
+FR_DEFINE_KERNEL(T, SFX, V, VU, NR, 4, 2)                                            \
 FR_DEFINE_KERNEL(T, SFX, V, VU, NR, 4, 1)                                            \
 FR_DEFINE_KERNEL(T, SFX, V, VU, NR, 3, 2)                                            \
 FR_DEFINE_KERNEL(T, SFX, V, VU, NR, 3, 1)                                            \
 FR_DEFINE_KERNEL(T, SFX, V, VU, NR, 2, 3)                                            \
 FR_DEFINE_KERNEL(T, SFX, V, VU, NR, 2, 2)                                            \
 FR_DEFINE_KERNEL(T, SFX, V, VU, NR, 2, 1)                                            \
+FR_DEFINE_KERNEL(T, SFX, V, VU, NR, 1, 8)                                            \
 FR_DEFINE_KERNEL(T, SFX, V, VU, NR, 1, 4)                                            \
 FR_DEFINE_KERNEL(T, SFX, V, VU, NR, 1, 3)                                            \
 FR_DEFINE_KERNEL(T, SFX, V, VU, NR, 1, 2)                                            \
@@ -324,13 +332,16 @@ static void fr_rgemm_rows_##SFX(ptrdiff_t rest, ptrdiff_t N, ptrdiff_t K, const 
         T *cp = c + p * NR;                                                          \
         const T *b = bias ? bias + p * NR : bias;                                    \
         const ptrdiff_t left = np - p, nc = N - p * NR;                                   \
-        if (rest == 5) { fr_kernel_##SFX##_5x1(K, a, lda, wp, cp, ldc, accumulate, nc, b); p += 1; } \
+        if (FR_WIDE && rest == 5 && left >= 2) { fr_kernel_##SFX##_5x2(K, a, lda, wp, cp, ldc, accumulate, nc, b); p += 2; } \
+        else if (rest == 5) { fr_kernel_##SFX##_5x1(K, a, lda, wp, cp, ldc, accumulate, nc, b); p += 1; } \
+        else if (FR_WIDE && rest == 4 && left >= 2) { fr_kernel_##SFX##_4x2(K, a, lda, wp, cp, ldc, accumulate, nc, b); p += 2; } \
         else if (rest == 4) { fr_kernel_##SFX##_4x1(K, a, lda, wp, cp, ldc, accumulate, nc, b); p += 1; } \
         else if (rest == 3 && left >= 2) { fr_kernel_##SFX##_3x2(K, a, lda, wp, cp, ldc, accumulate, nc, b); p += 2; } \
         else if (rest == 3) { fr_kernel_##SFX##_3x1(K, a, lda, wp, cp, ldc, accumulate, nc, b); p += 1; } \
         else if (rest == 2 && (left >= 5 || left == 3)) { fr_kernel_##SFX##_2x3(K, a, lda, wp, cp, ldc, accumulate, nc, b); p += 3; } \
         else if (rest == 2 && left >= 2) { fr_kernel_##SFX##_2x2(K, a, lda, wp, cp, ldc, accumulate, nc, b); p += 2; } \
         else if (rest == 2) { fr_kernel_##SFX##_2x1(K, a, lda, wp, cp, ldc, accumulate, nc, b); p += 1; } \
+        else if (FR_WIDE && left >= 8) { fr_kernel_##SFX##_1x8(K, a, lda, wp, cp, ldc, accumulate, nc, b); p += 8; } \
         else if (left >= 4) { fr_kernel_##SFX##_1x4(K, a, lda, wp, cp, ldc, accumulate, nc, b); p += 4; } \
         else if (left == 3) { fr_kernel_##SFX##_1x3(K, a, lda, wp, cp, ldc, accumulate, nc, b); p += 3; } \
         else if (left == 2) { fr_kernel_##SFX##_1x2(K, a, lda, wp, cp, ldc, accumulate, nc, b); p += 2; } \
