@@ -31,6 +31,27 @@ def test_linear_finite_differences():
         np.testing.assert_allclose(lin.grads[name], numeric_gradient(loss, lin.params[name]), rtol=1e-7, atol=1e-8)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_product_kernels_for_every_row_count(dtype):
+    """Linear's forward is the packed product kernel alone (csrc/rgemm.h):
+    every number of rows from 1 to 40 (blocks of 12 and 6 rows, the 1-5 rows
+    left over, two or eight panels a call), widths of one to ten panels
+    (partial ones too), against NumPy in float64, and each row bitwise equal
+    to the same row computed alone, whatever kernel shape it fell in."""
+    rng = np.random.default_rng(5)
+    for n_in, n_out in ((7, 300), (64, 33), (130, 257)):
+        lin = nn.Linear(n_in, n_out, dtype=dtype, seed=n_out)
+        lin.eval()
+        w, b = lin.params["weight"].astype(np.float64), lin.params["bias"].astype(np.float64)
+        x = rng.standard_normal((40, n_in)).astype(dtype)
+        for m in range(1, 41):
+            y = lin(x[:m])
+            np.testing.assert_allclose(y, x[:m].astype(np.float64) @ w.T + b,
+                                       rtol=1e-4 if dtype == np.float32 else 1e-12, atol=1e-5 if dtype == np.float32 else 1e-12)
+            alone = lin(x[m - 1:m])
+            assert np.array_equal(y[m - 1:m], alone), f"row {m - 1} of {m} differs from the row alone"
+
+
 def test_embedding_gradient_accumulates_into_used_rows():
     emb = nn.Embedding(6, 3, dtype=np.float64, seed=0)
     ids = np.array([[1, 4, 1], [0, 1, 4]])
