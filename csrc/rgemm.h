@@ -300,9 +300,9 @@ static inline void fr_kernel_##SFX##_##R##x##P(                                 
 
 #endif
 
-/* Blocks of 6 rows take one panel per call; the 1 to 5 rows left take
- * several panels per call, to keep enough independent accumulators (8 or
- * more) to hide the FMA latency. */
+/* Blocks of FR_MR rows (12 or 6) and then of 6 take one panel per call; the
+ * 1 to 5 rows left take several panels per call, to keep enough independent
+ * accumulators (8 or more) to hide the FMA latency. */
 #define FR_DEFINE_KERNELS(T, SFX, V, VU, NR)                                         \
 FR_DEFINE_KERNEL_MR(T, SFX, V, VU, NR)                                               \
 FR_DEFINE_KERNEL(T, SFX, V, VU, NR, 6, 1)                                            \
