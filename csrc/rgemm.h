@@ -369,10 +369,11 @@ static void fr_rgemm_ldp_##SFX(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T *A
     else if (split7) {                                                               \
         big -= FR_MR; full += FR_MR - 6;                                             \
     }                                                                                \
-    /* groups of 4 panels outer, so that a group's panels stay in cache for all \
-     * the rows: the blocks of 6, then the rows left over (measured on Emerald  \
-     * Rapids at M=16, K=1024, N=2048, where the weights are larger than L2:    \
-     * 62 -> 90 GFLOP/s against a second pass over all the panels for them) */   \
+    /* groups of 4 panels outer, so that a group's panels stay in cache for   \
+     * all the rows: the blocks of FR_MR and of 6, then the rows left over     \
+     * (measured on Emerald Rapids at M=16, K=1024, N=2048, where the weights  \
+     * are larger than L2: 62 -> 90 GFLOP/s against a second pass over all    \
+     * the panels for them) */                                                 \
     for (ptrdiff_t g = 0; g < np; g += 4) {                                               \
         const ptrdiff_t gp = np - g < 4 ? np - g : 4, gn = N - g * NR;                    \
         const T *wg = Wp + g * pstride, *bg = bias ? bias + g * NR : bias;           \

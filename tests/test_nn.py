@@ -44,10 +44,10 @@ def test_product_kernels_for_every_row_count(dtype):
         lin.eval()
         w, b = lin.params["weight"].astype(np.float64), lin.params["bias"].astype(np.float64)
         x = rng.standard_normal((40, n_in)).astype(dtype)
+        tol = dict(rtol=1e-4, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
         for m in range(1, 41):
             y = lin(x[:m])
-            np.testing.assert_allclose(y, x[:m].astype(np.float64) @ w.T + b,
-                                       rtol=1e-4 if dtype == np.float32 else 1e-12, atol=1e-5 if dtype == np.float32 else 1e-12)
+            np.testing.assert_allclose(y, x[:m].astype(np.float64) @ w.T + b, **tol)
             alone = lin(x[m - 1:m])
             assert np.array_equal(y[m - 1:m], alone), f"row {m - 1} of {m} differs from the row alone"
 
