@@ -1,7 +1,10 @@
 /* What the CPU can run, asked at run time: a portable build (a wheel) carries
  * the kernels three times, for any x86-64 CPU, for x86-64-v3 (AVX2, FMA) and
  * for x86-64-v4 (AVX-512 F, BW, CD, DQ, VL), and fastrnn._kernels imports the
- * widest one the CPU (and the OS, which must save the vector registers) runs. */
+ * widest one the CPU (and the OS, which must save the vector registers) runs.
+ * fr_cpu_avx512_half_width: whether the CPU runs AVX-512 on 256-bit units, a
+ * 512-bit operation in two halves (AMD family 0x19, Zen 4): rgemm.h then
+ * keeps to its kernels of 6 rows (fr_wide_kernels). */
 #ifndef FASTRNN_CPU_H
 #define FASTRNN_CPU_H
 
@@ -28,7 +31,16 @@ static inline int fr_cpu_has_avx512(void) {
     /* F (16), DQ (17), CD (28), BW (30), VL (31) */
     return ((unsigned)r[1] & 0xd0030000u) == 0xd0030000u;
 }
+static inline int fr_cpu_avx512_half_width(void) {
+    int r[4], family;
+    __cpuid(r, 0);
+    if (!(r[1] == 0x68747541 && r[3] == 0x69746e65 && r[2] == 0x444d4163)) return 0;  /* "AuthenticAMD" */
+    __cpuid(r, 1);
+    family = ((r[0] >> 8) & 0xf) + ((r[0] >> 20) & 0xff);
+    return family == 0x19;
+}
 #elif (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
+#include <cpuid.h>
 static inline int fr_cpu_has_avx2_fma(void) {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
@@ -40,9 +52,18 @@ static inline int fr_cpu_has_avx512(void) {
         && __builtin_cpu_supports("avx512cd") && __builtin_cpu_supports("avx512dq")
         && __builtin_cpu_supports("avx512vl");
 }
+static inline int fr_cpu_avx512_half_width(void) {
+    unsigned a, b, c, d, family;
+    if (!__get_cpuid(0, &a, &b, &c, &d) || !(b == 0x68747541 && d == 0x69746e65 && c == 0x444d4163))
+        return 0;   /* not "AuthenticAMD" */
+    __get_cpuid(1, &a, &b, &c, &d);
+    family = ((a >> 8) & 0xf) + ((a >> 20) & 0xff);
+    return family == 0x19;
+}
 #else
 static inline int fr_cpu_has_avx2_fma(void) { return 0; }
 static inline int fr_cpu_has_avx512(void) { return 0; }
+static inline int fr_cpu_avx512_half_width(void) { return 0; }
 #endif
 
 /* The instruction sets this module was compiled for (its -march). */

@@ -38,7 +38,7 @@
  * K=128, N=512: 78 -> 108): half the instructions and loads per flop.
  * (Kernels of 8 rows measured no faster than those of 6 on Zen 4; kernels of
  * 12, which read each panel half as often, 1.1-1.2x faster on Emerald
- * Rapids: FR_MR.) */
+ * Rapids: FR_WIDE.) */
 #if defined(__AVX512F__)
 #define FR_VECTOR_BYTES 64
 #elif defined(__AVX__)
@@ -49,21 +49,27 @@
 #define FR_NR_F32 (2 * FR_VECTOR_BYTES / 4)
 /* FR_WIDE: kernels of up to 24 accumulators where there are 32 vector
  * registers (AVX-512), measured on one core of Emerald Rapids: 12 rows of one
- * panel, the largest (FR_MR; M=16, K=1024, N=2048: 94 -> 114 GFLOP/s against
+ * panel, the largest (M=16, K=1024, N=2048: 94 -> 114 GFLOP/s against
  * blocks of 6; M=32, K=128, N=512: 115 -> 125); 4 or 5 rows of two panels
  * (M=4-5, K=128, N=512: 1.2x against one); one row of 8 panels (M=1, K=64,
- * N=256: 1.0-1.2x against 4). */
+ * N=256: 1.0-1.2x against 4).  Compiled in with AVX-512, used where
+ * fr_wide_kernels is set: not on CPUs that run a 512-bit FMA as two 256-bit
+ * halves (Zen 4), where the kernels of 6 rows already run at 92-98% of a
+ * core's peak and the 12-row ones ran 1.0-1.08x slower (up to 1.3x at
+ * K=1024, whose 12 rows of A, 48 KB, overflow Zen 4's 32 KB L1), the 4x2
+ * ones 1.03x slower, the others no faster (one core, M=4-48, K=64-1024). */
 #if defined(__AVX512F__)
 #define FR_WIDE 1
-#define FR_MR 12
-#define FR_KERNEL_MR(SFX) fr_kernel_##SFX##_12x1
-#define FR_DEFINE_KERNEL_MR(T, SFX, V, VU, NR) FR_DEFINE_KERNEL(T, SFX, V, VU, NR, 12, 1)
+#define FR_KERNEL_12(SFX) fr_kernel_##SFX##_12x1
+#define FR_DEFINE_KERNEL_12(T, SFX, V, VU, NR) FR_DEFINE_KERNEL(T, SFX, V, VU, NR, 12, 1)
 #else
 #define FR_WIDE 0
-#define FR_MR 6
-#define FR_KERNEL_MR(SFX) fr_kernel_##SFX##_6x1
-#define FR_DEFINE_KERNEL_MR(T, SFX, V, VU, NR)
+#define FR_KERNEL_12(SFX) fr_kernel_##SFX##_6x1   /* never called */
+#define FR_DEFINE_KERNEL_12(T, SFX, V, VU, NR)
 #endif
+/* Set once, at import (or by a test), before any product runs. */
+static int fr_wide_kernels = FR_WIDE;
+#define FR_USE_WIDE (FR_WIDE && fr_wide_kernels)
 #define FR_NR_F64 (2 * FR_VECTOR_BYTES / 8)
 
 static inline size_t fr_packed_len(ptrdiff_t N, ptrdiff_t K, ptrdiff_t nr)
@@ -300,11 +306,11 @@ static inline void fr_kernel_##SFX##_##R##x##P(                                 
 
 #endif
 
-/* Blocks of FR_MR rows (12 or 6) and then of 6 take one panel per call; the
+/* Blocks of 12 rows (FR_USE_WIDE) or of 6 and then of 6 take one panel per call; the
  * 1 to 5 rows left take several panels per call, to keep enough independent
  * accumulators (8 or more) to hide the FMA latency. */
 #define FR_DEFINE_KERNELS(T, SFX, V, VU, NR)                                         \
-FR_DEFINE_KERNEL_MR(T, SFX, V, VU, NR)                                               \
+FR_DEFINE_KERNEL_12(T, SFX, V, VU, NR)                                               \
 FR_DEFINE_KERNEL(T, SFX, V, VU, NR, 6, 1)                                            \
 FR_DEFINE_KERNEL(T, SFX, V, VU, NR, 5, 2)                                            \
 FR_DEFINE_KERNEL(T, SFX, V, VU, NR, 5, 1)                                            \
@@ -332,16 +338,16 @@ static void fr_rgemm_rows_##SFX(ptrdiff_t rest, ptrdiff_t N, ptrdiff_t K, const 
         T *cp = c + p * NR;                                                          \
         const T *b = bias ? bias + p * NR : bias;                                    \
         const ptrdiff_t left = np - p, nc = N - p * NR;                                   \
-        if (FR_WIDE && rest == 5 && left >= 2) { fr_kernel_##SFX##_5x2(K, a, lda, wp, cp, ldc, accumulate, nc, b); p += 2; } \
+        if (FR_USE_WIDE && rest == 5 && left >= 2) { fr_kernel_##SFX##_5x2(K, a, lda, wp, cp, ldc, accumulate, nc, b); p += 2; } \
         else if (rest == 5) { fr_kernel_##SFX##_5x1(K, a, lda, wp, cp, ldc, accumulate, nc, b); p += 1; } \
-        else if (FR_WIDE && rest == 4 && left >= 2) { fr_kernel_##SFX##_4x2(K, a, lda, wp, cp, ldc, accumulate, nc, b); p += 2; } \
+        else if (FR_USE_WIDE && rest == 4 && left >= 2) { fr_kernel_##SFX##_4x2(K, a, lda, wp, cp, ldc, accumulate, nc, b); p += 2; } \
         else if (rest == 4) { fr_kernel_##SFX##_4x1(K, a, lda, wp, cp, ldc, accumulate, nc, b); p += 1; } \
         else if (rest == 3 && left >= 2) { fr_kernel_##SFX##_3x2(K, a, lda, wp, cp, ldc, accumulate, nc, b); p += 2; } \
         else if (rest == 3) { fr_kernel_##SFX##_3x1(K, a, lda, wp, cp, ldc, accumulate, nc, b); p += 1; } \
         else if (rest == 2 && (left >= 5 || left == 3)) { fr_kernel_##SFX##_2x3(K, a, lda, wp, cp, ldc, accumulate, nc, b); p += 3; } \
         else if (rest == 2 && left >= 2) { fr_kernel_##SFX##_2x2(K, a, lda, wp, cp, ldc, accumulate, nc, b); p += 2; } \
         else if (rest == 2) { fr_kernel_##SFX##_2x1(K, a, lda, wp, cp, ldc, accumulate, nc, b); p += 1; } \
-        else if (FR_WIDE && left >= 8) { fr_kernel_##SFX##_1x8(K, a, lda, wp, cp, ldc, accumulate, nc, b); p += 8; } \
+        else if (FR_USE_WIDE && left >= 8) { fr_kernel_##SFX##_1x8(K, a, lda, wp, cp, ldc, accumulate, nc, b); p += 8; } \
         else if (left >= 4) { fr_kernel_##SFX##_1x4(K, a, lda, wp, cp, ldc, accumulate, nc, b); p += 4; } \
         else if (left == 3) { fr_kernel_##SFX##_1x3(K, a, lda, wp, cp, ldc, accumulate, nc, b); p += 3; } \
         else if (left == 2) { fr_kernel_##SFX##_1x2(K, a, lda, wp, cp, ldc, accumulate, nc, b); p += 2; } \
@@ -358,8 +364,9 @@ static void fr_rgemm_ldp_##SFX(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T *A
                                const T *bias)                                        \
 {                                                                                    \
     const ptrdiff_t np = (N + NR - 1) / NR;                                          \
-    /* blocks of FR_MR rows, then at most one of 6, then the rest */                 \
-    ptrdiff_t big = M - M % FR_MR, full = (M - big) - (M - big) % 6, rest = M % 6;   \
+    /* blocks of mr rows, then at most one of 6, then the rest */                    \
+    const ptrdiff_t mr = FR_USE_WIDE ? 12 : 6;                                       \
+    ptrdiff_t big = M - M % mr, full = (M - big) - (M - big) % 6, rest = M % 6;      \
     const size_t pstride = (size_t)ldp * NR;                                         \
     /* one row left over after blocks of 6: the last 7 rows go as 4 + 3 instead     \
      * (the one-row kernel, a matrix-vector product, runs at half speed) */          \
@@ -367,10 +374,10 @@ static void fr_rgemm_ldp_##SFX(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T *A
     if (split7 && full >= 6)                                                         \
         full -= 6;                                                                   \
     else if (split7) {                                                               \
-        big -= FR_MR; full += FR_MR - 6;                                             \
+        big -= mr; full += mr - 6;                                                   \
     }                                                                                \
     /* groups of 4 panels outer, so that a group's panels stay in cache for   \
-     * all the rows: the blocks of FR_MR and of 6, then the rows left over     \
+     * all the rows: the blocks of mr and of 6, then the rows left over        \
      * (measured on Emerald Rapids at M=16, K=1024, N=2048, where the weights  \
      * are larger than L2: 62 -> 90 GFLOP/s against a second pass over all    \
      * the panels for them) */                                                 \
@@ -378,10 +385,10 @@ static void fr_rgemm_ldp_##SFX(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T *A
         const ptrdiff_t gp = np - g < 4 ? np - g : 4, gn = N - g * NR;                    \
         const T *wg = Wp + g * pstride, *bg = bias ? bias + g * NR : bias;           \
         for (ptrdiff_t p = 0; p < gp; p++)                                                \
-            for (ptrdiff_t m = 0; m < big; m += FR_MR)                                    \
-                FR_KERNEL_MR(SFX)(K, A + m * lda, lda, wg + p * pstride,             \
-                                  C + m * ldc + (g + p) * NR, ldc, accumulate,       \
-                                  gn - p * NR, bg ? bg + p * NR : bg);               \
+            for (ptrdiff_t m = 0; m < big; m += mr)                                       \
+                (mr == 12 ? FR_KERNEL_12(SFX) : fr_kernel_##SFX##_6x1)(                  \
+                    K, A + m * lda, lda, wg + p * pstride, C + m * ldc + (g + p) * NR,   \
+                    ldc, accumulate, gn - p * NR, bg ? bg + p * NR : bg);                \
         for (ptrdiff_t m = big; m < big + full; m += 6)                                   \
             for (ptrdiff_t p = 0; p < gp; p++)                                            \
                 fr_kernel_##SFX##_6x1(K, A + m * lda, lda, wg + p * pstride,         \

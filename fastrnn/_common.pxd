@@ -32,6 +32,9 @@ cdef extern from "rgemm.h" nogil:
                           double *C, Py_ssize_t ldc, int accumulate, const double *bias)
     void fr_transpose_f32(float *dst, Py_ssize_t ldd, const float *src, Py_ssize_t lds, Py_ssize_t rows, Py_ssize_t cols)
     void fr_transpose_f64(double *dst, Py_ssize_t ldd, const double *src, Py_ssize_t lds, Py_ssize_t rows, Py_ssize_t cols)
+    enum:
+        FR_WIDE
+    int fr_wide_kernels
 
 
 cdef extern from "omp_compat.h" nogil:
@@ -47,6 +50,7 @@ cdef extern from "omp_compat.h" nogil:
 cdef extern from "cpu.h" nogil:
     int fr_cpu_has_avx2_fma()
     int fr_cpu_has_avx512()
+    int fr_cpu_avx512_half_width()
     const char *fr_compiled_for()
 
 

@@ -49,7 +49,8 @@ from libc.string cimport memcpy
 
 from fastrnn._common cimport (
     floating, sigmoid, tanh, relu, rgemm, transpose, pack_rows, pack_cols, panel_width, fr_packed_len,
-    FR_HAVE_OPENMP, fr_cpu_has_avx2_fma, fr_cpu_has_avx512, fr_compiled_for, fr_omp_get_max_threads, fr_omp_get_thread_num,
+    FR_HAVE_OPENMP, FR_WIDE, fr_wide_kernels, fr_cpu_has_avx2_fma, fr_cpu_has_avx512,
+    fr_cpu_avx512_half_width, fr_compiled_for, fr_omp_get_max_threads, fr_omp_get_thread_num,
     fr_omp_get_num_threads, fr_omp_barrier, fr_omp_get_wtime, fr_barrier, fr_barrier_init, fr_barrier_wait,
     fr_flag_raise, fr_flag_raised, fr_take_next)
 from fastrnn._cells cimport (
@@ -85,6 +86,22 @@ def parallel_threshold(flops=None):
     previous = MIN_PARALLEL_FLOPS
     if flops is not None:
         MIN_PARALLEL_FLOPS = float(flops)
+    return previous
+
+
+# The kernels of 12 rows and the other wide ones of csrc/rgemm.h, where this
+# build has them (AVX-512) and the CPU runs 512-bit FMAs at full width.
+fr_wide_kernels = FR_WIDE and not fr_cpu_avx512_half_width()
+
+
+def wide_kernels(on=None):
+    """Whether the products use the wide kernels (csrc/rgemm.h: 12-row
+    blocks, two panels for 4-5 rows, eight for one); sets it when given and
+    this build has them (tests run both sets).  Returns the previous value."""
+    global fr_wide_kernels
+    previous = bool(fr_wide_kernels)
+    if on is not None:
+        fr_wide_kernels = bool(on) and FR_WIDE
     return previous
 
 

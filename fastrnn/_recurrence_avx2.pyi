@@ -5,4 +5,5 @@ from fastrnn._recurrence import (CELLS as CELLS, GATES as GATES, activation as a
                                  cpu_has_avx512 as cpu_has_avx512, forward as forward,
                                  linear_backward as linear_backward, linear_forward as linear_forward,
                                  openmp_enabled as openmp_enabled, openmp_max_threads as openmp_max_threads,
-                                 parallel_threshold as parallel_threshold)
+                                 parallel_threshold as parallel_threshold,
+                                 wide_kernels as wide_kernels)

@@ -116,7 +116,8 @@ def show_config(file: IO[str] | None = None) -> dict[str, Any]:
         "openmp_runtime": _openmp_runtime(),
         "openmp_max_threads": _recurrence.openmp_max_threads(),
         "num_threads": get_num_threads(),
-        "matrix_products": "fastrnn's packed kernels (csrc/rgemm.h), no BLAS",
+        "matrix_products": "fastrnn's packed kernels (csrc/rgemm.h, "
+                           f"{'wide' if _recurrence.wide_kernels() else 'narrow'} set), no BLAS",
         "numpy_blas": _numpy_blas(),
         "cpu_features": _cpu_features(),
     }

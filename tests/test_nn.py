@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import fastrnn
+import fastrnn._kernels
 from fastrnn import nn, optim
 from conftest import require
 from test_gradcheck import numeric_gradient
@@ -31,10 +32,22 @@ def test_linear_finite_differences():
         np.testing.assert_allclose(lin.grads[name], numeric_gradient(loss, lin.params[name]), rtol=1e-7, atol=1e-8)
 
 
+@pytest.fixture(params=[False, True], ids=["narrow_kernels", "wide_kernels"])
+def wide_kernels(request):
+    """Both sets of product kernels, whichever this CPU uses by default."""
+    recurrence = fastrnn._kernels.recurrence
+    previous = recurrence.wide_kernels(request.param)
+    if recurrence.wide_kernels() != request.param:
+        recurrence.wide_kernels(previous)
+        pytest.skip("this build has no wide kernels (AVX-512 only)")
+    yield request.param
+    recurrence.wide_kernels(previous)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_product_kernels_for_every_row_count(dtype):
+def test_product_kernels_for_every_row_count(dtype, wide_kernels):
     """Linear's forward is the packed product kernel alone (csrc/rgemm.h):
-    every number of rows from 1 to 40 (blocks of 12 and 6 rows, the 1-5 rows
+    every number of rows from 1 to 40 (blocks of 12 or 6 rows, the 1-5 rows
     left over, two or eight panels a call), widths of one to ten panels
     (partial ones too), against NumPy in float64, and each row bitwise equal
     to the same row computed alone, whatever kernel shape it fell in."""
