@@ -66,6 +66,22 @@ static inline int fr_cpu_has_avx512(void) { return 0; }
 static inline int fr_cpu_avx512_half_width(void) { return 0; }
 #endif
 
+/* A core's L2 cache in bytes as the C library reports it (glibc reads
+ * cpuid); 0 where it is not known. */
+#if defined(__linux__) && defined(__GLIBC__)
+#include <unistd.h>
+static inline long fr_l2_cache_bytes(void) {
+#ifdef _SC_LEVEL2_CACHE_SIZE
+    long n = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    return n > 0 ? n : 0;
+#else
+    return 0;
+#endif
+}
+#else
+static inline long fr_l2_cache_bytes(void) { return 0; }
+#endif
+
 /* The instruction sets this module was compiled for (its -march). */
 static inline const char *fr_compiled_for(void) {
 #if defined(__AVX512F__)

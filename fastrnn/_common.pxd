@@ -51,6 +51,7 @@ cdef extern from "cpu.h" nogil:
     int fr_cpu_has_avx2_fma()
     int fr_cpu_has_avx512()
     int fr_cpu_avx512_half_width()
+    long fr_l2_cache_bytes()
     const char *fr_compiled_for()
 
 

@@ -50,7 +50,7 @@ from libc.string cimport memcpy
 from fastrnn._common cimport (
     floating, sigmoid, tanh, relu, rgemm, transpose, pack_rows, pack_cols, panel_width, fr_packed_len,
     FR_HAVE_OPENMP, FR_WIDE, fr_wide_kernels, fr_cpu_has_avx2_fma, fr_cpu_has_avx512,
-    fr_cpu_avx512_half_width, fr_compiled_for, fr_omp_get_max_threads, fr_omp_get_thread_num,
+    fr_cpu_avx512_half_width, fr_l2_cache_bytes, fr_compiled_for, fr_omp_get_max_threads, fr_omp_get_thread_num,
     fr_omp_get_num_threads, fr_omp_barrier, fr_omp_get_wtime, fr_barrier, fr_barrier_init, fr_barrier_wait,
     fr_flag_raise, fr_flag_raised, fr_take_next)
 from fastrnn._cells cimport (
@@ -316,18 +316,24 @@ cdef double _last_call_end = -1.0
 
 
 # How a team shares a time loop.  By rows when each thread gets at least
-# ROWS_PER_THREAD rows and the packed weight_hh fits in a core's L2 cache
-# (512 KB on Zen 3): each thread then runs its rows through every step with all
-# the units, no barrier between steps and no state crossing between cores.
-# Measured, 2 threads, forward: 12-14% faster at B=32, H=128 and 31-37% at
-# B=8 than sharing the units; at H=512 and 1024 the units' split is as fast or
-# faster (each thread reads only its share of the larger weights).
+# ROWS_PER_THREAD rows: each thread then runs its rows through every step with
+# all the units, no barrier between steps and no state crossing between cores,
+# but reads all of the packed weight_hh at every step.  Measured, 2 threads,
+# forward: 12-14% faster at B=32, H=128 and 31-37% at B=8 than sharing the
+# units (Zen 3).  So the units are shared only where that keeps the weights in
+# cache: where all of weight_hh is larger than a core's L2 but a thread's share
+# of it fits.  Where even a share is larger, both ways stream it from L3 at
+# every step, and the rows' split saves the barriers: measured on Zen 4 (1 MB
+# L2; 4 MB of LSTM weights at H=512, 3 MB of GRU), in one process against
+# sharing the units, 4-8% faster at B=64, H=512 (LSTM forward 76.0 -> 71.8 ms),
+# 0.94-1.10x at B=16, H=1024.
 cdef Py_ssize_t ROWS_PER_THREAD = 4
-cdef Py_ssize_t ROWS_MAX_WEIGHT_BYTES = 512 * 1024
+cdef Py_ssize_t L2_BYTES = fr_l2_cache_bytes() or 512 * 1024   # unknown: Zen 3's
 
 
 cdef bint share_rows(int nt, Py_ssize_t B, Py_ssize_t packed_hh_bytes) noexcept:
-    return nt > 1 and B >= ROWS_PER_THREAD * nt and packed_hh_bytes <= ROWS_MAX_WEIGHT_BYTES
+    return nt > 1 and B >= ROWS_PER_THREAD * nt and (
+        packed_hh_bytes <= L2_BYTES or packed_hh_bytes > nt * L2_BYTES)
 
 
 cdef inline Py_ssize_t own_rows(Py_ssize_t rows, Py_ssize_t j0, Py_ssize_t dj) noexcept nogil:
