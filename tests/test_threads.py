@@ -50,6 +50,26 @@ def test_bitwise_identical_across_thread_counts(restore_threads, mode, dtype, B,
             assert np.array_equal(runs[0][name], other[name]), f"{name} differs between 1 and {n} threads"
 
 
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_bitwise_identical_with_weights_larger_than_l2(restore_threads, mode):
+    """H=384: a packed weight_hh of 1.8-2.4 MB, which the threads share by
+    rows or by units depending on the L2 size of the machine (see
+    share_rows); either way, and across many panel groups, the same bits."""
+    rng = np.random.default_rng(3)
+    T, B, I, H = 4, 8, 16, 384
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    dy = rng.standard_normal((T, B, H)).astype(np.float32)
+    runs = []
+    for n in (1, 2):
+        fastrnn.set_num_threads(n)
+        layer = make_layer(mode, I, H, dtype=np.float32, seed=2)
+        y, h_n, c_n = run_layer(layer, x)
+        dx, dh_0, _ = backward_layer(layer, dy, np.ones_like(h_n), None if c_n is None else np.ones_like(c_n))
+        runs.append({"y": y, "h_n": h_n, "dx": dx, "dh_0": dh_0, **layer.grads})
+    for name in runs[0]:
+        assert np.array_equal(runs[0][name], runs[1][name]), f"{name} differs between 1 and 2 threads"
+
+
 def test_set_num_threads_checks(restore_threads):
     fastrnn.set_num_threads(3)
     assert fastrnn.get_num_threads() == 3
