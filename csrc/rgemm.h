@@ -306,7 +306,7 @@ static inline void fr_kernel_##SFX##_##R##x##P(                                 
 
 #endif
 
-/* Blocks of 12 rows (FR_USE_WIDE) or of 6 and then of 6 take one panel per call; the
+/* Blocks of 12 rows (FR_USE_WIDE, then at most one of 6) or of 6 take one panel per call; the
  * 1 to 5 rows left take several panels per call, to keep enough independent
  * accumulators (8 or more) to hide the FMA latency. */
 #define FR_DEFINE_KERNELS(T, SFX, V, VU, NR)                                         \

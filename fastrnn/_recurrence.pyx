@@ -533,7 +533,6 @@ cdef void forward_thread(
             rows += own_rows(steps.batch_sizes[s1], j0, dj)
             s1 += 1
         if busy:
-            lda = I
             if not steps.reverse and (not by_rows or (steps.batch_sizes[s1 - 1] == B and B % dj == 0)):
                 # consecutive rows of x; or, sharing the rows, whole steps of B
                 # rows, a multiple of the threads: rows j0, j0 + dj, ... of x,
@@ -543,6 +542,7 @@ cdef void forward_thread(
                 a = x + (steps.offsets[s0] + j0) * I
                 lda = dj * I
             else:   # gather them
+                lda = I
                 q = 0
                 for s in range(s0, s1):
                     for i in range(own_rows(steps.batch_sizes[s], j0, dj)):
