@@ -270,7 +270,12 @@ def memory(args):
     (VmHWM, reset just before) over what the process held before the step:
     the first step at this size in a fresh process, after a warm-up step on a
     tiny problem (later steps reuse memory the allocator kept, which hides
-    it); each contender in its own processes, median of 3."""
+    it); each contender in its own processes, median of 3. glibc's mmap
+    threshold is fixed at its starting 128 KiB (MALLOC_MMAP_THRESHOLD_): left
+    to adapt, it rises after the set-up frees a large block, and the step's
+    buffers then come from pages the set-up had already touched, which the
+    peak does not see (PyTorch's GRU wide step, which allocates 25 MB of
+    weight gradients alone, measured 2.7 MB that way)."""
     results = []
     whos = ["fastrnn"] + (["torch"] if C.have("torch") else [])
     bench = os.path.dirname(os.path.abspath(__file__))
@@ -281,7 +286,8 @@ def memory(args):
                 code = MEMORY_SCRIPT.format(bench=bench, who=who, cell=cell, size=size, threads=args.threads)
                 runs = []
                 for _ in range(3):
-                    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+                    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                         env={**os.environ, "MALLOC_MMAP_THRESHOLD_": str(128 * 1024)})
                     runs.append(json.loads(out.stdout.strip().splitlines()[-1])["peak_kb"] / 1024)
                 peak[who] = float(np.median(runs))
             r = {"cell": cell, "size": size, "peak_mb": peak}
