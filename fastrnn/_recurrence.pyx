@@ -450,6 +450,60 @@ def _raise_pending():
 
 # --- forward ------------------------------------------------------------------
 
+cdef void forward_rows(
+        int cell, const Steps *steps, Py_ssize_t s, Py_ssize_t m, Py_ssize_t j0, Py_ssize_t dj,
+        Py_ssize_t H, Py_ssize_t G, Py_ssize_t W, Py_ssize_t u0, Py_ssize_t n, Py_ssize_t gw,
+        floating *y, Py_ssize_t ldy,       # (., ldy) OUT h of every row and step
+        const Py_ssize_t *y_rows,          # (N) IN row of y for each packed row; NULL: the same
+        floating *xw,                      # (m, W) INOUT x @ weight_ih.T + biases of the step's rows of this
+                                           # thread in, activated gates out; from its first column
+        floating *hw,                      # (B, W) INOUT h @ weight_hh.T (GRU: hn out); from its first column
+        const floating *b_hn,              # (gw) IN GRU's bias_hh of the n gate
+        const floating *hp,                # (B, H) IN the states before the step
+        floating *hn,                      # (B, H) OUT the states after it
+        floating *c,                       # (B, H) INOUT LSTM cell state
+        const floating *rh,                # (B, H) IN GRU_RESET_BEFORE's r * h
+        floating *gates,                   # (N, G*H) OUT as in forward_thread, when training
+        floating *saved,                   # (N, H) OUT as in forward_thread, when training
+        floating *h_prev) noexcept nogil:  # (N, H) OUT as in forward_thread; NULL when not training
+    """The pointwise pass of step s over this thread's m rows of it (rows j0,
+    j0 + dj, ...) and its units [u0, u0 + n), and what backward keeps.  A
+    function of its own: inside forward_thread's step loop gcc kept some 40
+    pointers for this loop, most of them on the stack."""
+    cdef Py_ssize_t i, j, r, g, GH = G * H
+    cdef size_t row_bytes = n * sizeof(floating)
+    cdef floating *yrow
+    cdef floating *xrow
+    cdef floating *hrow
+    for i in range(m):
+        j = j0 + i * dj
+        r = row_at(steps, s, j)
+        yrow = y + (y_rows[r] if y_rows != NULL else r) * ldy + u0
+        xrow = xw + i * W
+        hrow = hw + j * W
+        if cell == LSTM:
+            lstm_forward_step(n, gw, xrow, hrow, c + j * H + u0, hn + j * H + u0, yrow)
+        elif cell == GRU:
+            gru_forward_step(n, gw, xrow, hrow, b_hn, hp + j * H + u0, hn + j * H + u0, yrow)
+        elif cell == GRU_RESET_BEFORE:
+            gru_reset_before_forward_step(n, gw, xrow, hrow, hp + j * H + u0, hn + j * H + u0, yrow)
+        else:
+            rnn_forward_step(n, cell == RNN_RELU, xrow, hrow, hn + j * H + u0, yrow)
+        if h_prev != NULL:   # training: keep what backward needs
+            if G > 1:   # the RNN's backward needs only h'
+                for g in range(G):
+                    memcpy(gates + r * GH + g * H + u0, xrow + g * gw, row_bytes)
+            memcpy(h_prev + r * H + u0, hp + j * H + u0, row_bytes)
+            if cell == LSTM:
+                memcpy(saved + r * H + u0, c + j * H + u0, row_bytes)
+            elif cell == GRU:
+                memcpy(saved + r * H + u0, hrow + 2 * gw, row_bytes)
+            elif cell == GRU_RESET_BEFORE:
+                memcpy(saved + r * H + u0, rh + j * H + u0, row_bytes)
+            else:
+                memcpy(saved + r * H + u0, hn + j * H + u0, row_bytes)
+
+
 cdef void forward_thread(
         int cell, const Steps *steps, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H, Py_ssize_t G,
         int tid, int nt, bint by_rows, fr_barrier *barrier,
@@ -489,14 +543,11 @@ cdef void forward_thread(
     cdef Split sp = split_units(H, G, nr, 0 if by_rows else tid, 1 if by_rows else nt)
     cdef Split pk = split_units(H, G, nr, tid, nt)
     cdef Py_ssize_t u0 = sp.u0, n = sp.u1 - sp.u0, gw = sp.width, col = sp.col
-    cdef Py_ssize_t g, u, i, j, r, s, s0, s1, rows, q, m, pc, lda
+    cdef Py_ssize_t g, u, i, j, s, s0, s1, rows, q, m, pc, lda
     cdef Py_ssize_t j0 = tid if by_rows else 0, dj = nt if by_rows else 1   # rows j0, j0 + dj, ...
     cdef size_t row_bytes = n * sizeof(floating)
     cdef floating *hp
     cdef floating *hn
-    cdef floating *yrow
-    cdef floating *xrow
-    cdef floating *hrow
     cdef const floating *a
     cdef int sense = 0
     cdef bint busy = n > 0
@@ -571,34 +622,8 @@ cdef void forward_thread(
             elif busy:
                 rgemm(m, G * gw, H, hp + j0 * H, dj * H, packed_hh + col * H, hw + j0 * W + col, dj * W, False)
             if busy:
-                for i in range(m):
-                    j = j0 + i * dj
-                    r = row_at(steps, s, j)
-                    yrow = y + (y_rows[r] if y_rows != NULL else r) * ldy + u0
-                    xrow = xw + (q + i) * W + col
-                    hrow = hw + j * W + col
-                    if cell == LSTM:
-                        lstm_forward_step(n, gw, xrow, hrow, c + j * H + u0, hn + j * H + u0, yrow)
-                    elif cell == GRU:
-                        gru_forward_step(n, gw, xrow, hrow, bias + W + col, hp + j * H + u0,
-                                         hn + j * H + u0, yrow)
-                    elif cell == GRU_RESET_BEFORE:
-                        gru_reset_before_forward_step(n, gw, xrow, hrow, hp + j * H + u0, hn + j * H + u0, yrow)
-                    else:
-                        rnn_forward_step(n, cell == RNN_RELU, xrow, hrow, hn + j * H + u0, yrow)
-                    if h_prev != NULL:   # training: keep what backward needs
-                        if G > 1:   # the RNN's backward needs only h'
-                            for g in range(G):
-                                memcpy(gates + r * GH + g * H + u0, xrow + g * gw, row_bytes)
-                        memcpy(h_prev + r * H + u0, hp + j * H + u0, row_bytes)
-                        if cell == LSTM:
-                            memcpy(saved + r * H + u0, c + j * H + u0, row_bytes)
-                        elif cell == GRU:
-                            memcpy(saved + r * H + u0, hrow + 2 * gw, row_bytes)
-                        elif cell == GRU_RESET_BEFORE:
-                            memcpy(saved + r * H + u0, rh + j * H + u0, row_bytes)
-                        else:
-                            memcpy(saved + r * H + u0, hn + j * H + u0, row_bytes)
+                forward_rows(cell, steps, s, m, j0, dj, H, G, W, u0, n, gw, y, ldy, y_rows, xw + q * W + col,
+                             hw + col, bias + W + col, hp, hn, c, rh, gates, saved, h_prev)
             q += m
             if not by_rows:
                 if s == s1 - 1:
