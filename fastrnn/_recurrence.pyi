@@ -23,7 +23,8 @@ def activation(name: str, x: _Floats, out: _Floats) -> None: ...
 def forward(cell: int, y: _Floats, h_n: _Floats, c_n: _Floats, gates: _Floats, saved: _Floats,
             h_prev: _Floats, x: _Floats, weight_ih: _Floats, weight_hh: _Floats, bias_ih: _Floats,
             bias_hh: _Floats, h_0: _Floats, c_0: _Floats, batch_sizes: _Indices, reverse: bool,
-            n_threads: int, y_rows: Optional[_Indices] = ...) -> None: ...
+            n_threads: int, y_rows: Optional[_Indices] = ...,
+            x_rows: Optional[_Indices] = ...) -> None: ...
 def backward(cell: int, dx: _Floats, dh_0: _Floats, dc_0: _Floats, dweight_ih: _Floats,
              dweight_hh: _Floats, dbias_ih: _Floats, dbias_hh: _Floats, gates: _Floats,
              saved: _Floats, h_prev: _Floats, dy: _Floats, dh_n: _Floats, dc_n: _Floats, x: _Floats,

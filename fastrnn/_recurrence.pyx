@@ -515,7 +515,8 @@ cdef void forward_thread(
         floating *saved,                   # (N, H) OUT RNN h', LSTM c', GRU hn, GRU_RESET_BEFORE r * h;
                                            # NULL when not training
         floating *h_prev,                  # (N, H) OUT the state before each step; NULL when not training
-        const floating *x,                 # (N, I) IN
+        const floating *x,                 # (., I) IN
+        const Py_ssize_t *x_rows,          # (N) IN row of x for each packed row; NULL: the same
         const floating *w_ih,              # (G*H, I) IN
         const floating *w_hh,              # (G*H, H) IN
         const floating *b_ih,              # (G*H) IN
@@ -543,7 +544,7 @@ cdef void forward_thread(
     cdef Split sp = split_units(H, G, nr, 0 if by_rows else tid, 1 if by_rows else nt)
     cdef Split pk = split_units(H, G, nr, tid, nt)
     cdef Py_ssize_t u0 = sp.u0, n = sp.u1 - sp.u0, gw = sp.width, col = sp.col
-    cdef Py_ssize_t g, u, i, j, s, s0, s1, rows, q, m, pc, lda
+    cdef Py_ssize_t g, u, i, j, r, s, s0, s1, rows, q, m, pc, lda
     cdef Py_ssize_t j0 = tid if by_rows else 0, dj = nt if by_rows else 1   # rows j0, j0 + dj, ...
     cdef size_t row_bytes = n * sizeof(floating)
     cdef floating *hp
@@ -584,7 +585,8 @@ cdef void forward_thread(
             rows += own_rows(steps.batch_sizes[s1], j0, dj)
             s1 += 1
         if busy:
-            if not steps.reverse and (not by_rows or (steps.batch_sizes[s1 - 1] == B and B % dj == 0)):
+            if x_rows == NULL and not steps.reverse and (not by_rows or (steps.batch_sizes[s1 - 1] == B
+                                                                       and B % dj == 0)):
                 # consecutive rows of x; or, sharing the rows, whole steps of B
                 # rows, a multiple of the threads: rows j0, j0 + dj, ... of x,
                 # one stride apart (the gather's copies were 3.5% of a profile
@@ -597,7 +599,8 @@ cdef void forward_thread(
                 q = 0
                 for s in range(s0, s1):
                     for i in range(own_rows(steps.batch_sizes[s], j0, dj)):
-                        memcpy(xg + q * I, x + row_at(steps, s, j0 + i * dj) * I, I * sizeof(floating))
+                        r = row_at(steps, s, j0 + i * dj)
+                        memcpy(xg + q * I, x + (x_rows[r] if x_rows != NULL else r) * I, I * sizeof(floating))
                         q += 1
                 a = xg
             rgemm(rows, G * gw, I, a, lda, packed_ih + col * I, xw + col, W, False, bias + col)
@@ -648,7 +651,7 @@ def forward(int cell,
             floating[:, ::1] gates,             # (N, G*H) OUT when training (LSTM, GRU), else (0, G*H)
             floating[:, ::1] saved,             # (N, H) OUT when training (what the cell keeps), else (0, H)
             floating[:, ::1] h_prev,            # (N, H) OUT when training, else (0, H)
-            const floating[:, ::1] x,           # (N, I) IN
+            const floating[:, ::1] x,           # (N, I) IN; with x_rows, (rows, I) read at x_rows
             const floating[:, ::1] weight_ih,   # (G*H, I) IN
             const floating[:, ::1] weight_hh,   # (G*H, H) IN
             const floating[::1] bias_ih,        # (G*H,) IN (zeros without bias)
@@ -657,11 +660,15 @@ def forward(int cell,
             const floating[:, ::1] c_0,         # (B, H) IN LSTM, else (0, H)
             const Py_ssize_t[::1] batch_sizes,  # (S,) IN non-increasing, batch_sizes[0] = B
             bint reverse, int n_threads,
-            const Py_ssize_t[::1] y_rows=None):  # (N,) IN row of y for each packed row
+            const Py_ssize_t[::1] y_rows=None,   # (N,) IN row of y for each packed row
+            const Py_ssize_t[::1] x_rows=None):  # (N,) IN row of x for each packed row
     """One layer, one direction.  Training (what backward needs is kept in
     gates, saved and h_prev) when h_prev has rows.  With y_rows, the outputs
-    go to those rows of y (a padded batch, say) instead of rows 0..N-1."""
-    cdef Py_ssize_t B = h_n.shape[0], H = h_n.shape[1], N = x.shape[0], I = x.shape[1]
+    go to those rows of y (a padded batch, say) instead of rows 0..N-1; with
+    x_rows, the inputs come from those rows of x (read in place, not packed
+    first)."""
+    cdef Py_ssize_t B = h_n.shape[0], H = h_n.shape[1], I = x.shape[1]
+    cdef Py_ssize_t N = x_rows.shape[0] if x_rows is not None else x.shape[0]
     cdef Py_ssize_t G = weight_hh.shape[0] // H
     cdef Py_ssize_t nr = panel_width(<floating>0), W = G * ((H + nr - 1) // nr) * nr
     cdef bint training = h_prev.shape[0] > 0
@@ -671,6 +678,9 @@ def forward(int cell,
     if y_rows is not None and (y_rows.shape[0] != N or not rows_within(y_rows, y.shape[0])):
         raise ValueError("forward: y_rows must map every packed row to a row of y")
     cdef const Py_ssize_t *y_rows_ptr = &y_rows[0] if y_rows is not None and N else NULL
+    if x_rows is not None and not rows_within(x_rows, x.shape[0]):
+        raise ValueError("forward: x_rows must map every packed row to a row of x")
+    cdef const Py_ssize_t *x_rows_ptr = &x_rows[0] if x_rows is not None and N else NULL
     check_batch_sizes(batch_sizes, B)
     cdef Py_ssize_t packed_hh_bytes = W * H * sizeof(floating)
     cdef int nt = team_size(2.0 * N * G * H * (I + H), 2.0 * B * G * H * (I + H), n_threads, H, nr, B,
@@ -682,7 +692,7 @@ def forward(int cell,
     cdef Py_ssize_t chunk = max(CHUNK_ROWS, B), n_xw = nt if by_rows else 1
     # each thread gathers the rows it projects for itself, unless they are
     # consecutive in x (every row of a step forwards)
-    cdef Py_ssize_t xg_size = chunk * I if reverse or by_rows else 0, f = sizeof(floating)
+    cdef Py_ssize_t xg_size = chunk * I if reverse or by_rows or x_rows is not None else 0, f = sizeof(floating)
     cdef Scratch scratch = Scratch(padded(W * I * f) + padded(W * H * f) + padded(2 * W * f)
                                    + n_xw * padded(chunk * W * f) + padded(B * W * f) + padded(2 * B * H * f)
                                    + padded(B * H * f) + steps_bytes(batch_sizes.shape[0], B)
@@ -715,7 +725,7 @@ def forward(int cell,
         fr_omp_barrier()
         forward_thread(cell, &steps, B, I, H, G, tid, team, by_rows, &barrier,
                        &y[0, 0], y.strides[0] // sizeof(floating), y_rows_ptr, &h_n[0, 0], c_ptr,
-                       gates_ptr, saved_ptr, h_prev_ptr, &x[0, 0], &weight_ih[0, 0], &weight_hh[0, 0],
+                       gates_ptr, saved_ptr, h_prev_ptr, &x[0, 0], x_rows_ptr, &weight_ih[0, 0], &weight_hh[0, 0],
                        &bias_ih[0], &bias_hh[0], &h_0[0, 0], hbuf, packed_ih, packed_hh,
                        bias, xw + (tid * padded(chunk * W * f) // f if by_rows else 0), chunk, hw, rh,
                        xg + tid * padded(xg_size * f) // f, &intr)

@@ -314,7 +314,10 @@ class _RNNBase(Module):
             self._replaced.add(self._tape.thread)
         self._retire(self._tape)
         self._tape = None   # a new forward replaces the last one's, even if it does not complete
-        inp = packing.pack(x3d)
+        # the first layer's input rows: packed, or (inference on a ragged
+        # batch) read by the kernel in place, at the rows x_rows names
+        x2d, x_rows = (None, None) if training or packing.order is None else packing.rows_of(x3d)
+        inp = packing.pack(x3d) if x2d is None else x2d
         h_0 = packing.to_packed(h_0)
         if c_0 is not None:
             c_0 = packing.to_packed(c_0)
@@ -378,7 +381,8 @@ class _RNNBase(Module):
                 _recurrence.forward(
                     self._cell, y[:, d * H:(d + 1) * H], h_n[i], _row(c_n, i, no_rows),
                     gates, saved, h_prev, inp, w_ih, w_hh, b_ih, b_hh,
-                    h_0[i], _row(c_0, i, no_rows), packing.batch_sizes, d == 1, threads, y_rows)
+                    h_0[i], _row(c_0, i, no_rows), packing.batch_sizes, d == 1, threads, y_rows,
+                    x_rows if layer == 0 else None)
             mask = None
             if training and self.dropout > 0 and layer < self.num_layers - 1:
                 mask = self._dropout_mask(y.shape)

@@ -158,15 +158,27 @@ def test_dropout_between_layers(mode):
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_eval_keeps_nothing_and_matches_training(mode):
+@pytest.mark.parametrize("layout", ["padded", "ragged", "ragged batch_first bidirectional", "ragged strided"])
+def test_eval_keeps_nothing_and_matches_training(mode, layout):
+    # on a ragged batch, training packs the input rows and eval reads them
+    # where they are (or packs them, when the array's layout has no 2-D view)
     rng = np.random.default_rng(4)
-    layer = make_layer(mode, 3, 4, num_layers=2, seed=0)
-    x = rng.standard_normal((5, 2, 3))
-    y_train = run_layer(layer, x)[0]
+    batch_first, bidirectional = "batch_first" in layout, "bidirectional" in layout
+    layer = make_layer(mode, 3, 4, num_layers=2, seed=0, batch_first=batch_first, bidirectional=bidirectional)
+    x = rng.standard_normal((5, 6, 3))
+    if "strided" in layout:
+        x = rng.standard_normal((5, 6, 6))[:, :, ::2]
+    if batch_first:
+        x = np.ascontiguousarray(x.transpose(1, 0, 2))   # (B, T, I)
+    lengths = np.array([5, 2, 4, 1, 5, 3]) if "ragged" in layout else None
+    y_train, h_train, c_train = run_layer(layer, x, lengths=lengths)
     layer.eval()
     assert not layer.training
-    y_eval = run_layer(layer, x)[0]
+    y_eval, h_eval, c_eval = run_layer(layer, x, lengths=lengths)
     np.testing.assert_array_equal(y_train, y_eval)
+    np.testing.assert_array_equal(h_train, h_eval)
+    if c_train is not None:
+        np.testing.assert_array_equal(c_train, c_eval)
     assert layer._tape is None
     layer.train()
     assert layer.training
