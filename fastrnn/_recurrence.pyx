@@ -903,6 +903,41 @@ cdef void pack_columns(floating *packed, const floating *s, Py_ssize_t lds, Py_s
 cdef Py_ssize_t BACKWARD_BLOCK = 64   # steps between two chances to check for Ctrl-C
 
 
+cdef void backward_rows(
+        int cell, const Steps *steps, Py_ssize_t s, Py_ssize_t m, Py_ssize_t j0, Py_ssize_t dj,
+        Py_ssize_t H, Py_ssize_t GH, Py_ssize_t u0, Py_ssize_t n,
+        floating *gates,                   # (N, G*H) INOUT as in backward_thread
+        floating *d,                       # (B, G*H) OUT dhw of the step
+        floating *saved,                   # (N, H) INOUT as in backward_thread
+        const floating *h_prev,            # (N, H) IN
+        const floating *dy, Py_ssize_t lddy, const Py_ssize_t *dy_rows,   # as in backward_thread
+        floating *dh,                      # (B, H) INOUT
+        floating *dc,                      # (B, H) INOUT LSTM
+        const floating *c_0) noexcept nogil:   # (B, H) IN LSTM
+    """The pointwise backward of step s over this thread's m rows of it and
+    its units [u0, u0 + n): a function of its own, as forward_rows."""
+    cdef Py_ssize_t i, j, r
+    cdef const floating *c_prev
+    cdef const floating *dyrow
+    for i in range(m):
+        j = j0 + i * dj
+        r = row_at(steps, s, j)
+        dyrow = dy + (dy_rows[r] if dy_rows != NULL else r) * lddy + u0
+        if cell == LSTM:
+            c_prev = c_0 + j * H + u0 if s == 0 else saved + row_at(steps, s - 1, j) * H + u0
+            lstm_backward_step(n, H, gates + r * GH + u0, d + j * GH + u0, saved + r * H + u0, c_prev,
+                               dh + j * H + u0, dc + j * H + u0, dyrow)
+        elif cell == GRU:
+            gru_backward_step(n, H, gates + r * GH + u0, d + j * GH + u0, saved + r * H + u0,
+                              h_prev + r * H + u0, dh + j * H + u0, dyrow)
+        elif cell == GRU_RESET_BEFORE:
+            gru_reset_before_backward_step(n, H, gates + r * GH + u0, d + j * GH + u0,
+                                           h_prev + r * H + u0, dh + j * H + u0, dyrow)
+        else:
+            rnn_backward_step(n, cell == RNN_RELU, gates + r * GH + u0, d + j * GH + u0,
+                              saved + r * H + u0, dh + j * H + u0, dyrow)
+
+
 cdef void backward_thread(
         int cell, const Steps *steps, Py_ssize_t B, Py_ssize_t H, Py_ssize_t G,
         int tid, int nt, bint by_rows, fr_barrier *barrier,
@@ -933,8 +968,6 @@ cdef void backward_thread(
     cdef Py_ssize_t u0 = sp.u0, n = sp.u1 - sp.u0
     cdef Py_ssize_t j0 = tid if by_rows else 0, dj = nt if by_rows else 1   # rows j0, j0 + dj, ...
     cdef Py_ssize_t s, i, j, r, m
-    cdef const floating *c_prev
-    cdef const floating *dyrow
     cdef floating *d
     cdef int sense = 0
     cdef bint busy = n > 0
@@ -955,23 +988,8 @@ cdef void backward_thread(
                 rgemm(m, n, K, dhw + ((s + 1) & 1) * B * GH + j0 * GH, dj * GH,
                       packed + sp.p0 * nr * K, dh + j0 * H + u0, dj * H, add_to_dh)
             m = own_rows(steps.batch_sizes[s], j0, dj)
-            for i in range(m):
-                j = j0 + i * dj
-                r = row_at(steps, s, j)
-                dyrow = dy + (dy_rows[r] if dy_rows != NULL else r) * lddy + u0
-                if cell == LSTM:
-                    c_prev = c_0 + j * H + u0 if s == 0 else saved + row_at(steps, s - 1, j) * H + u0
-                    lstm_backward_step(n, H, gates + r * GH + u0, d + j * GH + u0, saved + r * H + u0, c_prev,
-                                       dh + j * H + u0, dc + j * H + u0, dyrow)
-                elif cell == GRU:
-                    gru_backward_step(n, H, gates + r * GH + u0, d + j * GH + u0, saved + r * H + u0,
-                                      h_prev + r * H + u0, dh + j * H + u0, dyrow)
-                elif cell == GRU_RESET_BEFORE:
-                    gru_reset_before_backward_step(n, H, gates + r * GH + u0, d + j * GH + u0,
-                                                   h_prev + r * H + u0, dh + j * H + u0, dyrow)
-                else:
-                    rnn_backward_step(n, cell == RNN_RELU, gates + r * GH + u0, d + j * GH + u0,
-                                      saved + r * H + u0, dh + j * H + u0, dyrow)
+            backward_rows(cell, steps, s, m, j0, dj, H, GH, u0, n, gates, d, saved, h_prev, dy, lddy, dy_rows,
+                          dh, dc, c_0)
         if cell == GRU_RESET_BEFORE:
             if not by_rows:
                 fr_barrier_wait(barrier, &sense)    # every thread's share of dn is in place
