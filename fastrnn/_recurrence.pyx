@@ -455,7 +455,7 @@ cdef void forward_rows(
         Py_ssize_t H, Py_ssize_t G, Py_ssize_t W, Py_ssize_t u0, Py_ssize_t n, Py_ssize_t gw,
         floating *y, Py_ssize_t ldy,       # (., ldy) OUT h of every row and step
         const Py_ssize_t *y_rows,          # (N) IN row of y for each packed row; NULL: the same
-        floating *xw,                      # (m, W) INOUT x @ weight_ih.T + biases of the step's rows of this
+        floating *xw, Py_ssize_t ldx,      # (m, ldx) INOUT x @ weight_ih.T + biases of the step's rows of this
                                            # thread in, activated gates out; from its first column
         floating *hw,                      # (B, W) INOUT h @ weight_hh.T (GRU: hn out); from its first column
         const floating *b_hn,              # (gw) IN GRU's bias_hh of the n gate
@@ -463,7 +463,7 @@ cdef void forward_rows(
         floating *hn,                      # (B, H) OUT the states after it
         floating *c,                       # (B, H) INOUT LSTM cell state
         const floating *rh,                # (B, H) IN GRU_RESET_BEFORE's r * h
-        floating *gates,                   # (N, G*H) OUT as in forward_thread, when training
+        floating *gates,                   # (N, G*H) OUT as in forward_thread; NULL when xw is in it already
         floating *saved,                   # (N, H) OUT as in forward_thread, when training
         floating *h_prev) noexcept nogil:  # (N, H) OUT as in forward_thread; NULL when not training
     """The pointwise pass of step s over this thread's m rows of it (rows j0,
@@ -479,7 +479,7 @@ cdef void forward_rows(
         j = j0 + i * dj
         r = row_at(steps, s, j)
         yrow = y + (y_rows[r] if y_rows != NULL else r) * ldy + u0
-        xrow = xw + i * W
+        xrow = xw + i * ldx
         hrow = hw + j * W
         if cell == LSTM:
             lstm_forward_step(n, gw, xrow, hrow, c + j * H + u0, hn + j * H + u0, yrow)
@@ -490,7 +490,7 @@ cdef void forward_rows(
         else:
             rnn_forward_step(n, cell == RNN_RELU, xrow, hrow, hn + j * H + u0, yrow)
         if h_prev != NULL:   # training: keep what backward needs
-            if G > 1:   # the RNN's backward needs only h'
+            if gates != NULL:   # the RNN's backward needs only h'
                 for g in range(G):
                     memcpy(gates + r * GH + g * H + u0, xrow + g * gw, row_bytes)
             memcpy(h_prev + r * H + u0, hp + j * H + u0, row_bytes)
@@ -553,6 +553,14 @@ cdef void forward_thread(
     cdef int sense = 0
     cdef bint busy = n > 0
     cdef Py_ssize_t block = 0
+    # training, each thread on its own rows of whole steps, whose gates fill
+    # rows of `gates` one stride apart: the input product goes straight there
+    # and the pointwise pass activates the gates in place, rather than in xw
+    # and then copied (H a multiple of the panel width: no padding columns)
+    cdef bint direct = (gates != NULL and by_rows and G * gw == GH and not steps.reverse
+                        and steps.batch_sizes[S - 1] == B and B % dj == 0)
+    cdef Py_ssize_t ldx = dj * GH if direct else W
+    cdef floating *xs
 
     if pk.u1 > pk.u0:   # this thread's panels of every gate (sharing the rows: of the whole layout)
         for g in range(G):
@@ -603,11 +611,15 @@ cdef void forward_thread(
                         memcpy(xg + q * I, x + (x_rows[r] if x_rows != NULL else r) * I, I * sizeof(floating))
                         q += 1
                 a = xg
-            rgemm(rows, G * gw, I, a, lda, packed_ih + col * I, xw + col, W, False, bias + col)
+            if direct:
+                rgemm(rows, GH, I, a, lda, packed_ih, gates + (steps.offsets[s0] + j0) * GH, ldx, False, bias)
+            else:
+                rgemm(rows, G * gw, I, a, lda, packed_ih + col * I, xw + col, W, False, bias + col)
         q = 0
         for s in range(s0, s1):
             rows = steps.batch_sizes[s]
             m = own_rows(rows, j0, dj)    # this thread's rows of the step
+            xs = gates + (steps.offsets[s] + j0) * GH if direct else xw + q * W + col
             hp = hbuf + (s & 1) * B * H
             hn = hbuf + ((s + 1) & 1) * B * H
             if cell == GRU_RESET_BEFORE:   # the n gate's product needs r * h of every unit
@@ -615,7 +627,7 @@ cdef void forward_thread(
                     rgemm(m, 2 * gw, H, hp + j0 * H, dj * H, packed_hh + col * H, hw + j0 * W + col, dj * W, False)
                     for i in range(m):
                         j = j0 + i * dj
-                        gru_reset_before_reset_step(n, gw, xw + (q + i) * W + col,
+                        gru_reset_before_reset_step(n, gw, xs + i * ldx,
                                                     hw + j * W + col, hp + j * H + u0, rh + j * H + u0)
                 if not by_rows:
                     fr_barrier_wait(barrier, &sense)    # every thread's share of r * h is in place
@@ -625,8 +637,8 @@ cdef void forward_thread(
             elif busy:
                 rgemm(m, G * gw, H, hp + j0 * H, dj * H, packed_hh + col * H, hw + j0 * W + col, dj * W, False)
             if busy:
-                forward_rows(cell, steps, s, m, j0, dj, H, G, W, u0, n, gw, y, ldy, y_rows, xw + q * W + col,
-                             hw + col, bias + W + col, hp, hn, c, rh, gates, saved, h_prev)
+                forward_rows(cell, steps, s, m, j0, dj, H, G, W, u0, n, gw, y, ldy, y_rows, xs, ldx,
+                             hw + col, bias + W + col, hp, hn, c, rh, NULL if direct else gates, saved, h_prev)
             q += m
             if not by_rows:
                 if s == s1 - 1:

@@ -19,10 +19,10 @@ def restore_threads():
     _recurrence.parallel_threshold(threshold)
 
 
-def run_everything(mode, dtype, threads, lengths, B, bidirectional):
+def run_everything(mode, dtype, threads, lengths, B, bidirectional, H=40):
     fastrnn.set_num_threads(threads)
     rng = np.random.default_rng(0)
-    T, I, H = 40, 48, 40
+    T, I = 40, 48
     layer = make_layer(mode, I, H, dtype=dtype, num_layers=2, bidirectional=bidirectional, seed=1)
     x = rng.standard_normal((T, B, I)).astype(dtype)
     dy = rng.standard_normal((T, B, (2 if bidirectional else 1) * H)).astype(dtype)
@@ -39,12 +39,16 @@ def run_everything(mode, dtype, threads, lengths, B, bidirectional):
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-# B >= 4 per thread: the threads share the rows (12, 13); fewer: the units
-@pytest.mark.parametrize("B,ragged,bidirectional", [(12, False, False), (13, True, True), (5, True, True),
-                                                     (7, False, True), (1, False, False)])
-def test_bitwise_identical_across_thread_counts(restore_threads, mode, dtype, B, ragged, bidirectional):
+# B >= 4 per thread: the threads share the rows (12, 13); fewer: the units.
+# H a multiple of the panel width (32 floats, 16 doubles with AVX-512) and
+# whole steps of rows: on 2 threads, training projects x straight into the
+# kept gates (forward_thread's `direct`)
+@pytest.mark.parametrize("B,ragged,bidirectional,H", [(12, False, False, 40), (13, True, True, 40),
+                                                       (5, True, True, 40), (7, False, True, 40),
+                                                       (1, False, False, 40), (12, False, True, 64)])
+def test_bitwise_identical_across_thread_counts(restore_threads, mode, dtype, B, ragged, bidirectional, H):
     lengths = np.random.default_rng(B).integers(1, 41, size=B) if ragged else None
-    runs = [run_everything(mode, dtype, n, lengths, B, bidirectional) for n in (1, 2, 3)]
+    runs = [run_everything(mode, dtype, n, lengths, B, bidirectional, H) for n in (1, 2, 3)]
     for name in runs[0]:
         for n, other in zip((2, 3), runs[1:]):
             assert np.array_equal(runs[0][name], other[name]), f"{name} differs between 1 and {n} threads"
