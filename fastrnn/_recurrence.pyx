@@ -611,10 +611,9 @@ cdef void forward_thread(
                         memcpy(xg + q * I, x + (x_rows[r] if x_rows != NULL else r) * I, I * sizeof(floating))
                         q += 1
                 a = xg
-            if direct:
-                rgemm(rows, GH, I, a, lda, packed_ih, gates + (steps.offsets[s0] + j0) * GH, ldx, False, bias)
-            else:
-                rgemm(rows, G * gw, I, a, lda, packed_ih + col * I, xw + col, W, False, bias + col)
+            # (direct: col is 0 and G * gw is GH)
+            rgemm(rows, G * gw, I, a, lda, packed_ih + col * I,
+                  gates + (steps.offsets[s0] + j0) * GH if direct else xw + col, ldx, False, bias + col)
         q = 0
         for s in range(s0, s1):
             rows = steps.batch_sizes[s]
