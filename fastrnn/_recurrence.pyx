@@ -453,6 +453,33 @@ def _raise_pending():
 cdef void forward_rows(
         int cell, const Steps *steps, Py_ssize_t s, Py_ssize_t m, Py_ssize_t j0, Py_ssize_t dj,
         Py_ssize_t H, Py_ssize_t G, Py_ssize_t W, Py_ssize_t u0, Py_ssize_t n, Py_ssize_t gw,
+        floating *y, Py_ssize_t ldy, const Py_ssize_t *y_rows, floating *xw, Py_ssize_t ldx, floating *hw,
+        const floating *b_hn, const floating *hp, floating *hn, floating *c, const floating *rh,
+        floating *gates, floating *saved, floating *h_prev) noexcept nogil:
+    """The pointwise pass of step s (forward_rows_of), with the cell a
+    constant in each copy of the row loop: in one loop for every cell, gcc
+    kept the row pointers of all of them (some 45, most on the stack, each
+    advanced at every row: a third of the pass at B=32, H=128)."""
+    if cell == LSTM:
+        forward_rows_of(LSTM, steps, s, m, j0, dj, H, G, W, u0, n, gw, y, ldy, y_rows, xw, ldx, hw, b_hn, hp, hn,
+                        c, rh, gates, saved, h_prev)
+    elif cell == GRU:
+        forward_rows_of(GRU, steps, s, m, j0, dj, H, G, W, u0, n, gw, y, ldy, y_rows, xw, ldx, hw, b_hn, hp, hn,
+                        c, rh, gates, saved, h_prev)
+    elif cell == GRU_RESET_BEFORE:
+        forward_rows_of(GRU_RESET_BEFORE, steps, s, m, j0, dj, H, G, W, u0, n, gw, y, ldy, y_rows, xw, ldx, hw,
+                        b_hn, hp, hn, c, rh, gates, saved, h_prev)
+    elif cell == RNN_RELU:
+        forward_rows_of(RNN_RELU, steps, s, m, j0, dj, H, G, W, u0, n, gw, y, ldy, y_rows, xw, ldx, hw, b_hn,
+                        hp, hn, c, rh, gates, saved, h_prev)
+    else:
+        forward_rows_of(RNN_TANH, steps, s, m, j0, dj, H, G, W, u0, n, gw, y, ldy, y_rows, xw, ldx, hw, b_hn,
+                        hp, hn, c, rh, gates, saved, h_prev)
+
+
+cdef inline void forward_rows_of(
+        int cell, const Steps *steps, Py_ssize_t s, Py_ssize_t m, Py_ssize_t j0, Py_ssize_t dj,
+        Py_ssize_t H, Py_ssize_t G, Py_ssize_t W, Py_ssize_t u0, Py_ssize_t n, Py_ssize_t gw,
         floating *y, Py_ssize_t ldy,       # (., ldy) OUT h of every row and step
         const Py_ssize_t *y_rows,          # (N) IN row of y for each packed row; NULL: the same
         floating *xw, Py_ssize_t ldx,      # (m, ldx) INOUT x @ weight_ih.T + biases of the step's rows of this
@@ -467,9 +494,7 @@ cdef void forward_rows(
         floating *saved,                   # (N, H) OUT as in forward_thread, when training
         floating *h_prev) noexcept nogil:  # (N, H) OUT as in forward_thread; NULL when not training
     """The pointwise pass of step s over this thread's m rows of it (rows j0,
-    j0 + dj, ...) and its units [u0, u0 + n), and what backward keeps.  A
-    function of its own: inside forward_thread's step loop gcc kept some 40
-    pointers for this loop, most of them on the stack."""
+    j0 + dj, ...) and its units [u0, u0 + n), and what backward keeps."""
     cdef Py_ssize_t i, j, r, g, GH = G * H
     cdef size_t row_bytes = n * sizeof(floating)
     cdef floating *yrow
@@ -916,6 +941,30 @@ cdef Py_ssize_t BACKWARD_BLOCK = 64   # steps between two chances to check for C
 
 cdef void backward_rows(
         int cell, const Steps *steps, Py_ssize_t s, Py_ssize_t m, Py_ssize_t j0, Py_ssize_t dj,
+        Py_ssize_t H, Py_ssize_t GH, Py_ssize_t u0, Py_ssize_t n, floating *gates, floating *d,
+        floating *saved, const floating *h_prev, const floating *dy, Py_ssize_t lddy, const Py_ssize_t *dy_rows,
+        floating *dh, floating *dc, const floating *c_0) noexcept nogil:
+    """The pointwise backward of step s (backward_rows_of), with the cell a
+    constant in each copy of the row loop, as forward_rows."""
+    if cell == LSTM:
+        backward_rows_of(LSTM, steps, s, m, j0, dj, H, GH, u0, n, gates, d, saved, h_prev, dy, lddy, dy_rows,
+                         dh, dc, c_0)
+    elif cell == GRU:
+        backward_rows_of(GRU, steps, s, m, j0, dj, H, GH, u0, n, gates, d, saved, h_prev, dy, lddy, dy_rows,
+                         dh, dc, c_0)
+    elif cell == GRU_RESET_BEFORE:
+        backward_rows_of(GRU_RESET_BEFORE, steps, s, m, j0, dj, H, GH, u0, n, gates, d, saved, h_prev, dy, lddy,
+                         dy_rows, dh, dc, c_0)
+    elif cell == RNN_RELU:
+        backward_rows_of(RNN_RELU, steps, s, m, j0, dj, H, GH, u0, n, gates, d, saved, h_prev, dy, lddy,
+                         dy_rows, dh, dc, c_0)
+    else:
+        backward_rows_of(RNN_TANH, steps, s, m, j0, dj, H, GH, u0, n, gates, d, saved, h_prev, dy, lddy,
+                         dy_rows, dh, dc, c_0)
+
+
+cdef inline void backward_rows_of(
+        int cell, const Steps *steps, Py_ssize_t s, Py_ssize_t m, Py_ssize_t j0, Py_ssize_t dj,
         Py_ssize_t H, Py_ssize_t GH, Py_ssize_t u0, Py_ssize_t n,
         floating *gates,                   # (N, G*H) INOUT as in backward_thread
         floating *d,                       # (B, G*H) OUT dhw of the step
@@ -926,7 +975,7 @@ cdef void backward_rows(
         floating *dc,                      # (B, H) INOUT LSTM
         const floating *c_0) noexcept nogil:   # (B, H) IN LSTM
     """The pointwise backward of step s over this thread's m rows of it and
-    its units [u0, u0 + n): a function of its own, as forward_rows."""
+    its units [u0, u0 + n)."""
     cdef Py_ssize_t i, j, r
     cdef const floating *c_prev
     cdef const floating *dyrow
