@@ -320,20 +320,21 @@ cdef double _last_call_end = -1.0
 # all the units, no barrier between steps and no state crossing between cores,
 # but reads all of the packed weight_hh at every step.  Measured, 2 threads,
 # forward: 12-14% faster at B=32, H=128 and 31-37% at B=8 than sharing the
-# units (Zen 3).  So the units are shared only where that keeps the weights in
-# cache: where all of weight_hh is larger than a core's L2 but a thread's share
-# of it fits.  Where even a share is larger, both ways stream it from L3 at
-# every step, and the rows' split saves the barriers: measured on Zen 4 (1 MB
-# L2; 4 MB of LSTM weights at H=512, 3 MB of GRU), in one process against
-# sharing the units, 4-8% faster at B=64, H=512 (LSTM forward 76.0 -> 71.8 ms),
-# 0.94-1.10x at B=16, H=1024.
+# units (Zen 3).  So the units are shared where weight_hh is larger than a
+# core's L2: each thread then reads only its share at every step, from L2
+# where the share fits, and from L3 otherwise, where sharing the rows would
+# have both cores stream all of it (twice the traffic, for half the rows per
+# thread).  Measured on Zen 3 (512 KB L2), in one process against sharing the
+# rows: LSTM at B=16, H=1024 (16 MB of weights) forward 1.18-1.24x,
+# forward+backward 1.18x; GRU there 1.22x and 1.01x; B=64, H=512 0.95-1.14x
+# (an earlier measurement on Zen 4, 1 MB L2, had found sharing the rows
+# 0.94-1.10x at those sizes, the difference within its noise).
 cdef Py_ssize_t ROWS_PER_THREAD = 4
 cdef Py_ssize_t L2_BYTES = fr_l2_cache_bytes() or 512 * 1024   # unknown: Zen 3's
 
 
 cdef bint share_rows(int nt, Py_ssize_t B, Py_ssize_t packed_hh_bytes) noexcept:
-    return nt > 1 and B >= ROWS_PER_THREAD * nt and (
-        packed_hh_bytes <= L2_BYTES or packed_hh_bytes > nt * L2_BYTES)
+    return nt > 1 and B >= ROWS_PER_THREAD * nt and packed_hh_bytes <= L2_BYTES
 
 
 cdef inline Py_ssize_t own_rows(Py_ssize_t rows, Py_ssize_t j0, Py_ssize_t dj) noexcept nogil:
