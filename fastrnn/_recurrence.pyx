@@ -45,7 +45,7 @@ import threading
 import numpy as np
 from cpython.exc cimport PyErr_CheckSignals
 from cython.parallel cimport parallel, prange
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 
 from fastrnn._common cimport (
     floating, sigmoid, tanh, relu, rgemm, transpose, pack_rows, pack_cols, panel_width, fr_packed_len,
@@ -177,32 +177,20 @@ cdef int check_batch_sizes(const Py_ssize_t[::1] batch_sizes, Py_ssize_t B) exce
     return 0
 
 
-cdef void add_column_sums(floating *out, floating *out2, const floating *a, Py_ssize_t lda,
-                          Py_ssize_t rows, Py_ssize_t cols, int n_threads) noexcept nogil:
-    """out (cols) += sum over the rows of a (rows x cols), in a fixed order;
-    the same sums added to out2 too unless it is NULL (bias_ih and bias_hh
-    have the same gradient: one pass over the rows for both)."""
-    cdef Py_ssize_t n_blocks = (cols + 63) // 64, i
-    cdef int threads = n_threads if n_threads < n_blocks else <int>n_blocks
-    if rows * cols < MIN_PARALLEL_FLOPS / 64:   # one add per element; ~0.1 ms of work at the threshold
-        threads = 1
-    for i in prange(n_blocks, num_threads=threads, schedule='static'):
-        column_sums_block(out, out2, a, lda, rows, i * 64, min(cols, i * 64 + 64))
-
-
-cdef void column_sums_block(floating *out, floating *out2, const floating *a, Py_ssize_t lda,
-                            Py_ssize_t rows, Py_ssize_t c0, Py_ssize_t c1) noexcept nogil:
+cdef void add_column_sums(double *sums, const floating *a, Py_ssize_t lda,
+                          Py_ssize_t rows, Py_ssize_t cols) noexcept nogil:
+    """sums (cols, at most 64) += a (rows x cols) summed over its rows, one
+    row after another: the sums of all N rows taken block after block of
+    rows, in order, are those of one pass over them, whatever the blocks."""
     cdef double acc[64]
-    cdef Py_ssize_t r, j, w = c1 - c0
-    for j in range(w):
-        acc[j] = 0
+    cdef Py_ssize_t r, j
+    for j in range(cols):
+        acc[j] = sums[j]
     for r in range(rows):
-        for j in range(w):
-            acc[j] += a[r * lda + c0 + j]
-    for j in range(w):
-        out[c0 + j] += <floating>acc[j]
-        if out2 != NULL:
-            out2[c0 + j] += <floating>acc[j]
+        for j in range(cols):
+            acc[j] += a[r * lda + j]
+    for j in range(cols):
+        sums[j] = acc[j]
 
 
 # --- scratch -------------------------------------------------------------------
@@ -790,10 +778,15 @@ cdef void weight_grad_tile(floating *dw, Py_ssize_t ldw, Py_ssize_t m0, Py_ssize
                            const floating *g, Py_ssize_t ldg, Py_ssize_t kc,
                            const floating *packed, Py_ssize_t n_out,
                            floating *dw2, Py_ssize_t m_end2, const floating *packed2, Py_ssize_t n_out2,
-                           floating *gt) noexcept nogil:
+                           double *sums, floating *gt) noexcept nogil:
     """dw[m0:m1] += g[:kc, m0:m1].T @ b, b (kc, n_out) packed by columns; and
-    the same for the rows below m_end2 of dw2 with b2.  gt scratch (m1 - m0, kc)."""
+    the same for the rows below m_end2 of dw2 with b2; and, unless sums is
+    NULL, sums[m0:m1] += the columns of g[:kc, m0:m1] summed (the bias
+    gradients, from the rows the transpose has just brought into cache rather
+    than in a pass of their own over all of g).  gt scratch (m1 - m0, kc)."""
     transpose(gt, kc, g + m0, ldg, kc, m1 - m0)
+    if sums != NULL:
+        add_column_sums(sums + m0, g + m0, ldg, kc, m1 - m0)
     rgemm(m1 - m0, n_out, kc, gt, kc, packed, dw + m0 * ldw, ldw, True)
     if dw2 != NULL and m0 < m_end2:
         rgemm(min(m1, m_end2) - m0, n_out2, kc, gt, kc, packed2, dw2 + m0 * n_out2, n_out2, True)
@@ -820,11 +813,12 @@ cdef inline Py_ssize_t tile_start(Py_ssize_t rows, Py_ssize_t n_tiles, Py_ssize_
 cdef void weight_grads(floating *dw_ih, floating *dw_hh, floating *dw_hn,
                        const floating *g, Py_ssize_t ldg, Py_ssize_t GH, Py_ssize_t GH_direct,
                        const floating *g_hn, const floating *x, Py_ssize_t I,
-                       const floating *h_prev, Py_ssize_t H, Py_ssize_t N,
+                       const floating *h_prev, Py_ssize_t H, Py_ssize_t N, double *sums,
                        floating *packed_x, floating *packed_h, floating *gt, int n_threads) noexcept nogil:
     """dw_ih (GH, I) += g.T @ x, g (N, GH) with rows ldg apart ; unless dw_hh is
     NULL, dw_hh[:GH_direct] (H wide) += g[:, :GH_direct].T @ h_prev ; and with g_hn
-    (the GRU's n gate, (N, H)), dw_hn (H, H) += g_hn.T @ h_prev.
+    (the GRU's n gate, (N, H)), dw_hn (H, H) += g_hn.T @ h_prev.  Unless sums
+    (GH, and H more with g_hn) is NULL, sums += the column sums of g (and of g_hn).
     packed_x, packed_h: two blocks of x and of h_prev packed (grad_block_len);
     gt (n_threads, GRAD_TILE * GRAD_KC)."""
     cdef int threads = n_threads, tid, team
@@ -840,7 +834,7 @@ cdef void weight_grads(floating *dw_ih, floating *dw_hh, floating *dw_hn,
         if tid == 0:
             fr_barrier_init(&barrier, team)
         fr_omp_barrier()
-        weight_grads_thread(dw_ih, dw_hh, dw_hn, g, ldg, GH, GH_direct, g_hn, x, I, h_prev, H, N,
+        weight_grads_thread(dw_ih, dw_hh, dw_hn, g, ldg, GH, GH_direct, g_hn, x, I, h_prev, H, N, sums,
                             packed_x, packed_h, gt + tid * GRAD_TILE * GRAD_KC, n_ih, n_hn, &next_tile,
                             tid, team, &barrier)
 
@@ -853,7 +847,7 @@ cdef inline Py_ssize_t grad_block_len(floating dummy, Py_ssize_t n) noexcept nog
 cdef void weight_grads_thread(floating *dw_ih, floating *dw_hh, floating *dw_hn,
                               const floating *g, Py_ssize_t ldg, Py_ssize_t GH, Py_ssize_t GH_direct,
                               const floating *g_hn, const floating *x, Py_ssize_t I,
-                              const floating *h_prev, Py_ssize_t H, Py_ssize_t N,
+                              const floating *h_prev, Py_ssize_t H, Py_ssize_t N, double *sums,
                               floating *packed_x, floating *packed_h, floating *gt,
                               Py_ssize_t n_ih, Py_ssize_t n_hn, Py_ssize_t *next_tile,
                               int tid, int nt, fr_barrier *barrier) noexcept nogil:
@@ -864,6 +858,8 @@ cdef void weight_grads_thread(floating *dw_ih, floating *dw_hh, floating *dw_hn,
     block keeps it for then (with at least as many tiles as threads, none of
     the block after can be taken before every thread is done with this one).
     n_ih tiles of the rows of dw_ih, then n_hn of dw_hn's (tile_count).
+    So every tile of a block is done before any of the next starts, and the
+    column sums of each tile's columns are taken block after block, in order.
     The blocks alternate between two packed buffers, so that one barrier per
     block is enough: a thread packing block b + 1 knows every thread is done
     with block b - 1, the last one in that buffer."""
@@ -890,10 +886,11 @@ cdef void weight_grads_thread(floating *dw_ih, floating *dw_hh, floating *dw_hn,
             taken = -1
             if t < n_ih:
                 weight_grad_tile(dw_ih, I, tile_start(GH, n_ih, t), tile_start(GH, n_ih, t + 1),
-                                 g + k0 * ldg, ldg, kc, px, I, dw_hh, GH_direct, ph, H, gt)
+                                 g + k0 * ldg, ldg, kc, px, I, dw_hh, GH_direct, ph, H, sums, gt)
             else:
                 weight_grad_tile(dw_hn, H, tile_start(H, n_hn, t - n_ih), tile_start(H, n_hn, t - n_ih + 1),
-                                 g_hn + k0 * H, H, kc, ph, H, NULL, 0, NULL, 0, gt)
+                                 g_hn + k0 * H, H, kc, ph, H, NULL, 0, NULL, 0,
+                                 sums + GH if sums != NULL else NULL, gt)
         k0 += kc
         block += 1
 
@@ -1157,29 +1154,32 @@ def backward(int cell,
     cdef Py_ssize_t pi = fr_packed_len(I, GH, nr)
     cdef Py_ssize_t px = grad_block_len(<floating>0, I), ph = grad_block_len(<floating>0, H)
     cdef Scratch products = Scratch(padded(pi * f) + padded(px * f) + padded(ph * f)
-                                    + padded(n_threads * GRAD_TILE * GRAD_KC * f))
+                                    + padded(n_threads * GRAD_TILE * GRAD_KC * f) + padded((GH + H) * 8))
     cdef floating *packed_w_ih = <floating *>products.take(pi * f)
     cdef floating *packed_x = <floating *>products.take(px * f)
     cdef floating *packed_h = <floating *>products.take(ph * f)
     cdef floating *gt = <floating *>products.take(n_threads * GRAD_TILE * GRAD_KC * f)
+    # the bias gradients: the column sums of dxw (GH), and of the GRU's dhn (H)
+    cdef double *sums = <double *>products.take((GH + H) * 8) if has_bias else NULL
+    cdef Py_ssize_t c
     with nogil:
+        if has_bias:
+            memset(sums, 0, (GH + H) * 8)
         # dx = dxw @ weight_ih
         pack_columns(packed_w_ih, &weight_ih[0, 0], I, I, GH, n_threads)
         rows_product(&dx[0, 0], I, &gates[0, 0], GH, packed_w_ih, N, I, GH, accumulate_dx, n_threads)
         # dweight_ih += dxw.T @ x ; dweight_hh += dhw.T @ h_prev
         weight_grads(&dweight_ih[0, 0], &dweight_hh[0, 0], &dweight_hh[2 * H, 0] if cell == GRU else NULL,
                      &gates[0, 0], GH, GH, GH_direct, saved_ptr if cell == GRU else NULL,
-                     &x[0, 0], I, &h_prev[0, 0], H, N, packed_x, packed_h, gt, n_threads)
+                     &x[0, 0], I, &h_prev[0, 0], H, N, sums, packed_x, packed_h, gt, n_threads)
         if cell == GRU_RESET_BEFORE:   # dweight_hn += dn.T @ (r * h)
             weight_grads(&dweight_hh[2 * H, 0], NULL, NULL, &gates[0, 2 * H], GH, H, 0, NULL,
-                         saved_ptr, H, NULL, 0, N, packed_h, NULL, gt, n_threads)
+                         saved_ptr, H, NULL, 0, N, NULL, packed_h, NULL, gt, n_threads)
         if has_bias:
-            if cell == GRU:   # bias_hh of the n gate sits inside r * (.): its own gradient
-                add_column_sums(&dbias_ih[0], &dbias_hh[0], &gates[0, 0], GH, N, GH_direct, n_threads)
-                add_column_sums(&dbias_ih[2 * H], NULL, &gates[0, 2 * H], GH, N, H, n_threads)
-                add_column_sums(&dbias_hh[2 * H], NULL, saved_ptr, H, N, H, n_threads)
-            else:
-                add_column_sums(&dbias_ih[0], &dbias_hh[0], &gates[0, 0], GH, N, GH, n_threads)
+            for c in range(GH):
+                dbias_ih[c] += <floating>sums[c]
+                # bias_hh of the GRU's n gate sits inside r * (.): its gradient is dhn's
+                dbias_hh[c] += <floating>(sums[c + H] if cell == GRU and c >= 2 * H else sums[c])
     call_ended()
 
 
@@ -1221,16 +1221,22 @@ def linear_backward(floating[:, ::1] dx,           # (N, in) OUT, or (0, in): no
     cdef Py_ssize_t pw = fr_packed_len(I, O, nr), px = grad_block_len(<floating>0, I)
     if n_threads < 1:
         n_threads = 1
-    cdef Scratch scratch = Scratch(padded(pw * f) + padded(px * f) + padded(n_threads * GRAD_TILE * GRAD_KC * f))
+    cdef Scratch scratch = Scratch(padded(pw * f) + padded(px * f) + padded(n_threads * GRAD_TILE * GRAD_KC * f)
+                                   + padded(O * 8))
     cdef floating *packed_w = <floating *>scratch.take(pw * f)
     cdef floating *packed_x = <floating *>scratch.take(px * f)
     cdef floating *gt = <floating *>scratch.take(n_threads * GRAD_TILE * GRAD_KC * f)
+    cdef double *sums = <double *>scratch.take(O * 8) if dbias.shape[0] > 0 else NULL
+    cdef Py_ssize_t c
     with nogil:
+        if sums != NULL:
+            memset(sums, 0, O * 8)
         if dx.shape[0] > 0:
             pack_columns(packed_w, &weight[0, 0], I, I, O, n_threads)
             rows_product(&dx[0, 0], I, &dy[0, 0], O, packed_w, N, I, O, False, n_threads)
-        weight_grads(&dweight[0, 0], NULL, NULL, &dy[0, 0], O, O, 0, NULL, &x[0, 0], I, NULL, 0, N,
+        weight_grads(&dweight[0, 0], NULL, NULL, &dy[0, 0], O, O, 0, NULL, &x[0, 0], I, NULL, 0, N, sums,
                      packed_x, NULL, gt, n_threads)
-        if dbias.shape[0] > 0:
-            add_column_sums(&dbias[0], NULL, &dy[0, 0], O, N, O, n_threads)
+        if sums != NULL:
+            for c in range(O):
+                dbias[c] += <floating>sums[c]
     call_ended()
