@@ -177,22 +177,6 @@ cdef int check_batch_sizes(const Py_ssize_t[::1] batch_sizes, Py_ssize_t B) exce
     return 0
 
 
-cdef void add_column_sums(double *sums, const floating *a, Py_ssize_t lda,
-                          Py_ssize_t rows, Py_ssize_t cols) noexcept nogil:
-    """sums (cols, at most 64) += a (rows x cols) summed over its rows, one
-    row after another: the sums of all N rows taken block after block of
-    rows, in order, are those of one pass over them, whatever the blocks."""
-    cdef double acc[64]
-    cdef Py_ssize_t r, j
-    for j in range(cols):
-        acc[j] = sums[j]
-    for r in range(rows):
-        for j in range(cols):
-            acc[j] += a[r * lda + j]
-    for j in range(cols):
-        sums[j] = acc[j]
-
-
 # --- scratch -------------------------------------------------------------------
 # The kernels' scratch (packed weights, per-step buffers) comes from one buffer
 # per Python thread, kept between calls: allocating tens of megabytes afresh
@@ -790,6 +774,22 @@ cdef void weight_grad_tile(floating *dw, Py_ssize_t ldw, Py_ssize_t m0, Py_ssize
     rgemm(m1 - m0, n_out, kc, gt, kc, packed, dw + m0 * ldw, ldw, True)
     if dw2 != NULL and m0 < m_end2:
         rgemm(min(m1, m_end2) - m0, n_out2, kc, gt, kc, packed2, dw2 + m0 * n_out2, n_out2, True)
+
+
+cdef void add_column_sums(double *sums, const floating *a, Py_ssize_t lda,
+                          Py_ssize_t rows, Py_ssize_t cols) noexcept nogil:
+    """sums (cols, at most 64) += a (rows x cols) summed over its rows, one
+    row after another: the sums of all N rows taken block after block of
+    rows, in order, are those of one pass over them, whatever the blocks."""
+    cdef double acc[64]
+    cdef Py_ssize_t r, j
+    for j in range(cols):
+        acc[j] = sums[j]
+    for r in range(rows):
+        for j in range(cols):
+            acc[j] += a[r * lda + j]
+    for j in range(cols):
+        sums[j] = acc[j]
 
 
 cdef inline Py_ssize_t tile_count(Py_ssize_t rows, int threads) noexcept nogil:
