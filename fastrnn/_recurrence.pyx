@@ -1154,17 +1154,17 @@ def backward(int cell,
     cdef Py_ssize_t pi = fr_packed_len(I, GH, nr)
     cdef Py_ssize_t px = grad_block_len(<floating>0, I), ph = grad_block_len(<floating>0, H)
     cdef Scratch products = Scratch(padded(pi * f) + padded(px * f) + padded(ph * f)
-                                    + padded(n_threads * GRAD_TILE * GRAD_KC * f) + padded((GH + H) * 8))
+                                    + padded(n_threads * GRAD_TILE * GRAD_KC * f) + padded((GH + H) * sizeof(double)))
     cdef floating *packed_w_ih = <floating *>products.take(pi * f)
     cdef floating *packed_x = <floating *>products.take(px * f)
     cdef floating *packed_h = <floating *>products.take(ph * f)
     cdef floating *gt = <floating *>products.take(n_threads * GRAD_TILE * GRAD_KC * f)
     # the bias gradients: the column sums of dxw (GH), and of the GRU's dhn (H)
-    cdef double *sums = <double *>products.take((GH + H) * 8) if has_bias else NULL
+    cdef double *sums = <double *>products.take((GH + H) * sizeof(double)) if has_bias else NULL
     cdef Py_ssize_t c
     with nogil:
         if has_bias:
-            memset(sums, 0, (GH + H) * 8)
+            memset(sums, 0, (GH + H) * sizeof(double))
         # dx = dxw @ weight_ih
         pack_columns(packed_w_ih, &weight_ih[0, 0], I, I, GH, n_threads)
         rows_product(&dx[0, 0], I, &gates[0, 0], GH, packed_w_ih, N, I, GH, accumulate_dx, n_threads)
@@ -1222,15 +1222,15 @@ def linear_backward(floating[:, ::1] dx,           # (N, in) OUT, or (0, in): no
     if n_threads < 1:
         n_threads = 1
     cdef Scratch scratch = Scratch(padded(pw * f) + padded(px * f) + padded(n_threads * GRAD_TILE * GRAD_KC * f)
-                                   + padded(O * 8))
+                                   + padded(O * sizeof(double)))
     cdef floating *packed_w = <floating *>scratch.take(pw * f)
     cdef floating *packed_x = <floating *>scratch.take(px * f)
     cdef floating *gt = <floating *>scratch.take(n_threads * GRAD_TILE * GRAD_KC * f)
-    cdef double *sums = <double *>scratch.take(O * 8) if dbias.shape[0] > 0 else NULL
+    cdef double *sums = <double *>scratch.take(O * sizeof(double)) if dbias.shape[0] > 0 else NULL
     cdef Py_ssize_t c
     with nogil:
         if sums != NULL:
-            memset(sums, 0, O * 8)
+            memset(sums, 0, O * sizeof(double))
         if dx.shape[0] > 0:
             pack_columns(packed_w, &weight[0, 0], I, I, O, n_threads)
             rows_product(&dx[0, 0], I, &dy[0, 0], O, packed_w, N, I, O, False, n_threads)
