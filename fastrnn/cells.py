@@ -22,6 +22,7 @@ from fastrnn._kernels import recurrence as _recurrence
 from fastrnn._checks import as_float_array, check_bool, check_dtype, check_shape, check_size, make_rng
 from fastrnn._module import Module
 from fastrnn._threads import get_num_threads
+from fastrnn.layers import _full_steps
 
 __all__ = ["RNNCell", "LSTMCell", "GRUCell"]
 
@@ -67,6 +68,7 @@ class _CellBase(Module):
         self._zero_bias = np.zeros(G * H, dtype=self.dtype)
         self._no_rows = np.empty((0, H), dtype=self.dtype)
         self._no_bias = np.empty(0, dtype=self.dtype)
+        self._zeros = self._no_rows   # see _zero_state
         self._steps: list[_Step] = []
         self._training_lock = threading.Lock()   # training steps from several threads: one at a time
 
@@ -99,13 +101,23 @@ class _CellBase(Module):
     def _check_state(self, name: str, value: Optional[ArrayLike], B: int, batched: bool) -> np.ndarray:
         H = self.hidden_size
         if value is None:
-            return np.zeros((B, H), dtype=self.dtype)
+            return self._zero_state(B)
         value = as_float_array(name, value, self.dtype)
         if batched:
             check_shape(name, value, (B, H), "batch, hidden_size")
             return np.ascontiguousarray(value)
         check_shape(name, value, (H,), "hidden_size for unbatched input")
         return np.ascontiguousarray(value[None, :])
+
+    def _zero_state(self, B: int) -> np.ndarray:
+        """Zeros (B, H), read-only, kept for the next step with the same B
+        (a generation loop takes one step per token)."""
+        zeros = self._zeros
+        if zeros.shape[0] != B:
+            zeros = np.zeros((B, self.hidden_size), dtype=self.dtype)
+            zeros.flags.writeable = False
+            self._zeros = zeros
+        return zeros
 
     def _weights(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         p = self._params
@@ -140,7 +152,7 @@ class _CellBase(Module):
         h_prev = np.empty((B, H), dtype=dtype) if training else self._no_rows
         w_ih, w_hh, b_ih, b_hh = self._weights()
         _recurrence.forward(self._cell, y, h_new, c_new, gates, saved, h_prev, x, w_ih, w_hh, b_ih, b_hh,
-                            h, c, np.array([B], dtype=np.intp), False, get_num_threads())
+                            h, c, _full_steps(1, B), False, get_num_threads())
         if training:
             self._steps.append(_Step(batched, x, gates, saved, h_prev, c))
         if not batched:
@@ -177,8 +189,8 @@ class _CellBase(Module):
         # the gradient reaching h' is dh: pass it as that of the output, none via h_n
         _recurrence.backward(self._cell, dx, dh_prev, dc_prev, g["weight_ih"], g["weight_hh"],
                              db_ih, db_hh, step.gates, step.saved, step.h_prev, dh,
-                             np.zeros((B, H), dtype=dtype), dc, step.x, p["weight_ih"], p["weight_hh"],
-                             step.c_0, np.array([B], dtype=np.intp), False, False, get_num_threads())
+                             self._zero_state(B), dc, step.x, p["weight_ih"], p["weight_hh"],
+                             step.c_0, _full_steps(1, B), False, False, get_num_threads())
         if not step.batched:
             dx, dh_prev = dx[0], dh_prev[0]
             dc_prev = dc_prev[0] if is_lstm else dc_prev

@@ -38,6 +38,11 @@ class Packing:
     packed rows the kernels work on: sequences sorted by length, longest
     first; the rows of time t are the sequences still running at t."""
 
+    @staticmethod
+    def of(T: int, B: int, lengths: np.ndarray | None) -> "Packing":
+        """The packing of a batch: without lengths, one shared per (T, B)."""
+        return Packing(T, B, lengths) if lengths is not None else _full_packing(T, B)
+
     def __init__(self, T: int, B: int, lengths: np.ndarray | None = None) -> None:
         self.T, self.B = T, B
         if lengths is None or bool((lengths == T).all()):
@@ -170,6 +175,7 @@ class _RNNBase(Module):
         self._no_gates = np.empty((0, G * H), dtype=self.dtype)
         self._no_rows = np.empty((0, H), dtype=self.dtype)
         self._no_bias = np.empty(0, dtype=self.dtype)
+        self._zeros = np.zeros((self.num_layers * D, 0, H), dtype=self.dtype)   # see _zero_state
         self._tape: _Tape | None = None
         # the workspace arrays (gates, saved, h_prev) of the last tape, once
         # its backward has consumed it or a new forward has replaced it: the
@@ -247,13 +253,24 @@ class _RNNBase(Module):
         """A state (L*D, B, H), or (L*D, H) unbatched, as (L*D, B, H)."""
         S, H = self.num_layers * self.num_directions, self.hidden_size
         if value is None:
-            return np.zeros((S, B, H), dtype=self.dtype)
+            return self._zero_state(B)
         value = as_float_array(name, value, self.dtype)
         if batched:
             check_shape(name, value, (S, B, H), "num_layers * num_directions, batch, hidden_size")
             return value
         check_shape(name, value, (S, H), "num_layers * num_directions, hidden_size for unbatched input")
         return value[:, None, :]
+
+    def _zero_state(self, B: int) -> np.ndarray:
+        """Zeros (L*D, B, H), read-only: the state (or its gradient) not
+        given.  Kept for the next call with the same B: a short sequence
+        notices the microseconds of new ones (four in a training step)."""
+        zeros = self._zeros
+        if zeros.shape[1] != B:
+            zeros = np.zeros((self.num_layers * self.num_directions, B, self.hidden_size), dtype=self.dtype)
+            zeros.flags.writeable = False
+            self._zeros = zeros
+        return zeros
 
     def _check_hx(self, hx: Any, B: int, batched: bool) -> tuple[np.ndarray, np.ndarray | None]:
         if self.mode == "LSTM":
@@ -309,7 +326,7 @@ class _RNNBase(Module):
             lengths_arr = check_lengths(lengths, T, B)
 
         training, is_lstm = self.training, self.mode == "LSTM"
-        packing = Packing(T, B, lengths_arr)
+        packing = Packing.of(T, B, lengths_arr)
         if self._tape is not None and self._tape.thread != threading.get_ident():
             self._replaced.add(self._tape.thread)
         self._retire(self._tape)
@@ -506,6 +523,14 @@ def _full_steps(T: int, B: int) -> np.ndarray:
     Cached for short sequences, where np.full's microsecond shows; a long
     one gets its own array (a cache of those could hold megabytes)."""
     return _full_steps_cached(T, B) if T <= 4096 else np.full(T, B, dtype=np.intp)
+
+
+@functools.lru_cache(maxsize=64)
+def _full_packing(T: int, B: int) -> Packing:
+    """The packing of a batch without lengths, shared: nothing in it changes
+    once made (but the batch-major rows, which it computes on first use),
+    and making one costs microseconds that a short sequence notices."""
+    return Packing(T, B)
 
 
 @functools.lru_cache(maxsize=64)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import reference as ref
-from conftest import MODES, backward_layer, make_layer, run_layer
+from conftest import MODES, backward_layer, make_cell, make_layer, run_layer
 
 TOL = {np.float64: dict(rtol=1e-9, atol=1e-11), np.float32: dict(rtol=2e-4, atol=2e-5)}
 
@@ -261,3 +261,31 @@ def test_backward_reads_private_copies():
         np.testing.assert_array_equal(dxa, dxb)
         for k in a.grads:
             np.testing.assert_array_equal(a.grads[k], b.grads[k])
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_omitted_states_give_fresh_writeable_results(mode):
+    """An omitted state (or state gradient) is a zero array the layer and the
+    cell keep between calls: no result may be that array or be read-only,
+    and writing into one result changes nothing of the next call."""
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((4, 2, 3))
+    layer = make_layer(mode, 3, 5, num_layers=2, seed=3)
+    cell = make_cell(mode, 3, 5, seed=3)
+    first = None
+    for _ in range(2):
+        y, h_n, c_n = run_layer(layer, x)
+        dx, dh_0, dc_0 = backward_layer(layer, np.ones_like(y), None)
+        step = cell(x[0])
+        cell_out = step if isinstance(step, tuple) else (step,)
+        dcell = cell.backward()
+        dcell = (dcell[0], *dcell[1]) if isinstance(dcell[1], tuple) else dcell
+        results = [a for a in (y, h_n, c_n, dx, dh_0, dc_0, *cell_out, *dcell) if a is not None]
+        assert all(a.flags.writeable for a in results)
+        snapshot = [a.copy() for a in results]
+        for a in results:
+            a[...] = 7.0
+        if first is not None:
+            for got, want in zip(snapshot, first):
+                np.testing.assert_array_equal(got, want)
+        first = snapshot
