@@ -12,7 +12,9 @@ drift hits all alike; the table shows medians over the rounds.
 Also: a ragged batch with `lengths` against PyTorch's packed sequences, thread
 scaling 1 vs 2 threads, and peak memory of forward+backward (each contender in
 its own process).  The ceiling is the GFLOP/s of a large plain sgemm measured
-in the same run.  Writes <out>/compare.json and <out>/compare.png.
+in the same run, at its start, after each cell's rows and at its end; the
+targets use the highest reading.
+Writes <out>/compare.json and <out>/compare.png.
 """
 from __future__ import annotations
 
@@ -116,9 +118,14 @@ def check_row(row: dict, ceiling: float) -> list[str]:
     return missed
 
 
-def main_grid(args, ceiling):
+def main_grid(args, ceiling, readings):
+    """The grid's rows, checked against `ceiling` as they come; after each
+    cell's rows, one more reading of the ceiling joins `readings`."""
     rows = []
     for cell in args.cells:
+        if cell != args.cells[0]:
+            readings.append(C.sgemm_ceiling(1.0))
+            print(f"ceiling read again: {readings[-1]:.1f} GFLOP/s", flush=True)
         for size in args.sizes:
             layer, x, dy = C.make_problem(cell, size)
             fast = C.fastrnn_contender(layer, x, dy)
@@ -369,12 +376,14 @@ def main(argv=None):
             machine[mod] = __import__(mod).__version__
     ceiling = C.sgemm_ceiling(1.0 if args.quick else 3.0)
     print(f"machine: {machine}")
-    print(f"ceiling: large sgemm (2048^3, NumPy's BLAS, {args.threads} threads) {ceiling:.1f} GFLOP/s")
+    print(f"ceiling: large sgemm (2048^3, NumPy's BLAS, {args.threads} threads) {ceiling:.1f} GFLOP/s "
+          "(rows are checked against it as they come, and again at the end against the highest reading)")
     print(FLOP_NOTE)
     report = {"machine": machine, "ceiling_gflops": ceiling, "flops": FLOP_NOTE}
+    readings = [ceiling]
     if "grid" in args.only:
         print(format_header())
-        report["grid"] = main_grid(args, ceiling)
+        report["grid"] = main_grid(args, ceiling, readings)
     if "ragged" in args.only:
         report["ragged"] = ragged(args)
     if "threads" in args.only:
@@ -383,8 +392,25 @@ def main(argv=None):
         report["memory"] = memory(args)
         report["eval_memory"] = eval_memory(args)
     ceiling_end = C.sgemm_ceiling(1.0)
+    readings.append(ceiling_end)
     report["ceiling_gflops_end"] = ceiling_end
+    report["ceiling_readings"] = readings
     print(f"ceiling again at the end: {ceiling_end:.1f} GFLOP/s")
+    # The ceiling bounds what the machine can do, and a slow spell of the VM
+    # while it is read understates it (seen: 30 GFLOP/s at the start of a run,
+    # 57-73 in other processes minutes before), which would cap the targets
+    # too low and report as met rows that are not.  So the grid is judged
+    # against the highest reading.
+    best = max(readings)
+    report["ceiling_gflops_used"] = best
+    if best > ceiling and report.get("grid"):
+        for row in report["grid"]:
+            row["ceiling_fraction"] = row["gflops"] / best
+            row["missed"] = check_row(row, best)
+        print(f"\nthe grid checked again against the highest reading of the ceiling, {best:.1f} GFLOP/s:")
+        print(format_header())
+        for row in report["grid"]:
+            print(format_row(row))
 
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "compare.json"), "w") as f:

@@ -21,7 +21,9 @@ def main(path):
     print(f"Machine: {m['cpu']}, {m['cores']} cores, {m['threads']} threads; Python {m['python']}, "
           f"NumPy {m['numpy']}, PyTorch {m.get('torch', '-')}, onnxruntime {m.get('onnxruntime', '-')}. "
           f"Ceiling (2048^3 sgemm, NumPy's OpenBLAS, same run): {r['ceiling_gflops']:.0f} GFLOP/s at the start, "
-          f"{r.get('ceiling_gflops_end', float('nan')):.0f} at the end. {r['flops']}.\n")
+          f"{r.get('ceiling_gflops_end', float('nan')):.0f} at the end; the targets and fractions below use "
+          f"{r.get('ceiling_gflops_used', r['ceiling_gflops']):.0f}, the highest of "
+          f"{len(r.get('ceiling_readings', [0, 0]))} readings in the run. {r['flops']}.\n")
     if r.get("grid"):
         print("| cell | size | mode | fastrnn ms | NumPy ms | PyTorch ms | onnxruntime ms | PyTorch/fastrnn "
               "| NumPy/fastrnn | onnxruntime/fastrnn | fastrnn GFLOP/s | of ceiling | targets |")
