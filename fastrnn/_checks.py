@@ -84,3 +84,15 @@ def check_lengths(lengths: object, T: int, B: int) -> np.ndarray:
         bad = arr[(arr < 1) | (arr > T)][0]
         raise ValueError(f"lengths must be between 1 and the sequence length T={T}, got {int(bad)}")
     return arr.astype(np.intp)
+
+
+def kept_zeros(kept: np.ndarray, shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray:
+    """`kept` if it has this shape, else new read-only zeros of it: the zero
+    state a layer or a cell keeps for the calls that give none (a short
+    sequence, or a generation loop's step, notices the microseconds of new
+    ones)."""
+    if kept.shape == shape:
+        return kept
+    zeros = np.zeros(shape, dtype=dtype)
+    zeros.flags.writeable = False
+    return zeros

@@ -19,7 +19,8 @@ import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
 from fastrnn._kernels import recurrence as _recurrence
-from fastrnn._checks import as_float_array, check_bool, check_dtype, check_shape, check_size, make_rng
+from fastrnn._checks import (as_float_array, check_bool, check_dtype, check_shape, check_size, kept_zeros,
+                             make_rng)
 from fastrnn._module import Module
 from fastrnn._threads import get_num_threads
 from fastrnn.layers import _full_steps
@@ -110,14 +111,9 @@ class _CellBase(Module):
         return np.ascontiguousarray(value[None, :])
 
     def _zero_state(self, B: int) -> np.ndarray:
-        """Zeros (B, H), read-only, kept for the next step with the same B
-        (a generation loop takes one step per token)."""
-        zeros = self._zeros
-        if zeros.shape[0] != B:
-            zeros = np.zeros((B, self.hidden_size), dtype=self.dtype)
-            zeros.flags.writeable = False
-            self._zeros = zeros
-        return zeros
+        """Zeros (B, H), read-only, kept for the next step with the same B."""
+        self._zeros = kept_zeros(self._zeros, (B, self.hidden_size), self.dtype)
+        return self._zeros
 
     def _weights(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         p = self._params

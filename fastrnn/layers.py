@@ -21,7 +21,7 @@ import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
 from fastrnn._kernels import recurrence as _recurrence
-from fastrnn._checks import (as_float_array, check_bool, check_dtype, check_lengths,
+from fastrnn._checks import (as_float_array, check_bool, check_dtype, check_lengths, kept_zeros,
                              check_probability, check_shape, check_size, make_rng)
 from fastrnn._module import Module
 from fastrnn._threads import get_num_threads
@@ -262,15 +262,11 @@ class _RNNBase(Module):
         return value[:, None, :]
 
     def _zero_state(self, B: int) -> np.ndarray:
-        """Zeros (L*D, B, H), read-only: the state (or its gradient) not
-        given.  Kept for the next call with the same B: a short sequence
-        notices the microseconds of new ones (four in a training step)."""
-        zeros = self._zeros
-        if zeros.shape[1] != B:
-            zeros = np.zeros((self.num_layers * self.num_directions, B, self.hidden_size), dtype=self.dtype)
-            zeros.flags.writeable = False
-            self._zeros = zeros
-        return zeros
+        """Zeros (L*D, B, H), read-only: the state (or its gradient) not given,
+        kept for the next call with the same B (four in a training step)."""
+        self._zeros = kept_zeros(self._zeros, (self.num_layers * self.num_directions, B, self.hidden_size),
+                                 self.dtype)
+        return self._zeros
 
     def _check_hx(self, hx: Any, B: int, batched: bool) -> tuple[np.ndarray, np.ndarray | None]:
         if self.mode == "LSTM":
