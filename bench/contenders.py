@@ -246,6 +246,19 @@ def sgemm_ceiling(seconds: float = 1.0) -> float:
     return 2.0 * n ** 3 / float(np.median(times)) / 1e9
 
 
+def probe_gflops() -> float:
+    """GFLOP/s of a 1024^3 float32 product (NumPy's BLAS, about 30 ms on 2
+    threads): a quick reading of how much of the machine is there now."""
+    import time
+    n = 1024
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((n, n), dtype=np.float32), rng.standard_normal((n, n), dtype=np.float32)
+    a @ b
+    t0 = time.perf_counter()
+    a @ b
+    return 2.0 * n ** 3 / (time.perf_counter() - t0) / 1e9
+
+
 def have(module: str) -> bool:
     """Whether an optional contender's library is installed."""
     import importlib.util

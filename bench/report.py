@@ -23,7 +23,14 @@ def main(path):
           f"Ceiling (2048^3 sgemm, NumPy's OpenBLAS, same run): {r['ceiling_gflops']:.0f} GFLOP/s at the start, "
           f"{r.get('ceiling_gflops_end', float('nan')):.0f} at the end; the targets and fractions below use "
           f"{r.get('ceiling_gflops_used', r['ceiling_gflops']):.0f}, the highest of "
-          f"{len(r.get('ceiling_readings', [0, 0]))} readings in the run. {r['flops']}.\n")
+          f"{len(r.get('ceiling_readings', [0, 0]))} readings in the run. {r['flops']}.")
+    s = r.get("machine_state")
+    if s:
+        print(f"Rounds start with a 30 ms probe of the machine's speed: {s['probes']} probes, {s['slow_probes']} "
+              f"of them in a slow spell (below 60% of the best, {s['best_probe']:.0f} GFLOP/s); "
+              f"{s['seconds_waited']:.0f} s spent waiting for spells to end, {s['gave_up']} rounds timed in one "
+              "(their row's two minutes of waiting spent).")
+    print()
     if r.get("grid"):
         print("| cell | size | mode | fastrnn ms | NumPy ms | PyTorch ms | onnxruntime ms | PyTorch/fastrnn "
               "| NumPy/fastrnn | onnxruntime/fastrnn | fastrnn GFLOP/s | of ceiling | targets |")
