@@ -149,7 +149,8 @@ def check_row(row: dict, ceiling: float) -> list[str]:
             digits = 2 if f"{ratio:.2f}" != f"{need:.2f}" else 3   # 1.496 < 1.500, not 1.50 < 1.50
             missed.append(f"{who} {ratio:.{digits}f}x < {need:.{digits}f}x")
     if "ceiling" in t and row["ceiling_fraction"] < t["ceiling"]:
-        missed.append(f"ceiling {row['ceiling_fraction']:.0%} < {t['ceiling']:.0%}")
+        digits = 0 if f"{row['ceiling_fraction']:.0%}" != f"{t['ceiling']:.0%}" else 1   # 84.9% < 85.0%
+        missed.append(f"ceiling {row['ceiling_fraction']:.{digits}%} < {t['ceiling']:.{digits}%}")
     return missed
 
 
