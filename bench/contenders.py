@@ -230,16 +230,16 @@ def set_threads(n: int) -> None:
     os.environ["OMP_NUM_THREADS"] = str(n)
 
 
-def sgemm_ceiling(seconds: float = 1.0) -> float:
+def sgemm_ceiling(seconds: float = 1.0, n: int = 2048, repeats: int = 3) -> float:
     """GFLOP/s of a plain large float32 matrix product (NumPy's BLAS): the
-    machine's ceiling for an RNN, whose work is matrix products."""
+    machine's ceiling for an RNN, whose work is matrix products.  Median of
+    the products timed in `seconds`, at least `repeats` of them."""
     import time
-    n = 2048
     rng = np.random.default_rng(0)
     a, b = rng.standard_normal((n, n), dtype=np.float32), rng.standard_normal((n, n), dtype=np.float32)
     a @ b
     times, start = [], time.perf_counter()
-    while time.perf_counter() - start < seconds or len(times) < 3:
+    while time.perf_counter() - start < seconds or len(times) < repeats:
         t0 = time.perf_counter()
         a @ b
         times.append(time.perf_counter() - t0)
@@ -247,16 +247,9 @@ def sgemm_ceiling(seconds: float = 1.0) -> float:
 
 
 def probe_gflops() -> float:
-    """GFLOP/s of a 1024^3 float32 product (NumPy's BLAS, about 30 ms on 2
-    threads): a quick reading of how much of the machine is there now."""
-    import time
-    n = 1024
-    rng = np.random.default_rng(0)
-    a, b = rng.standard_normal((n, n), dtype=np.float32), rng.standard_normal((n, n), dtype=np.float32)
-    a @ b
-    t0 = time.perf_counter()
-    a @ b
-    return 2.0 * n ** 3 / (time.perf_counter() - t0) / 1e9
+    """One 1024^3 product (about 30 ms on 2 threads): a quick reading of how
+    much of the machine is there now."""
+    return sgemm_ceiling(0.0, n=1024, repeats=1)
 
 
 def have(module: str) -> bool:
