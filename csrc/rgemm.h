@@ -51,8 +51,7 @@
  * registers (AVX-512), measured on one core of Emerald Rapids: 12 rows of one
  * panel, the largest (M=16, K=1024, N=2048: 94 -> 114 GFLOP/s against
  * blocks of 6; M=32, K=128, N=512: 115 -> 125); 4 or 5 rows of two panels
- * (M=4-5, K=128, N=512: 1.2x against one); one row of 8 panels (M=1, K=64,
- * N=256: 1.0-1.2x against 4).  Compiled in with AVX-512, used where
+ * (M=4-5, K=128, N=512: 1.2x against one).  Compiled in with AVX-512, used where
  * fr_wide_kernels is set: not on CPUs that run a 512-bit FMA as two 256-bit
  * halves (Zen 4), where the kernels of 6 rows already run at 92-98% of a
  * core's peak and the 12-row ones ran 1.0-1.08x slower (up to 1.3x at
@@ -321,7 +320,6 @@ FR_DEFINE_KERNEL(T, SFX, V, VU, NR, 3, 1)                                       
 FR_DEFINE_KERNEL(T, SFX, V, VU, NR, 2, 3)                                            \
 FR_DEFINE_KERNEL(T, SFX, V, VU, NR, 2, 2)                                            \
 FR_DEFINE_KERNEL(T, SFX, V, VU, NR, 2, 1)                                            \
-FR_DEFINE_KERNEL(T, SFX, V, VU, NR, 1, 8)                                            \
 FR_DEFINE_KERNEL(T, SFX, V, VU, NR, 1, 4)                                            \
 FR_DEFINE_KERNEL(T, SFX, V, VU, NR, 1, 3)                                            \
 FR_DEFINE_KERNEL(T, SFX, V, VU, NR, 1, 2)                                            \
@@ -347,7 +345,6 @@ static void fr_rgemm_rows_##SFX(ptrdiff_t rest, ptrdiff_t N, ptrdiff_t K, const 
         else if (rest == 2 && (left >= 5 || left == 3)) { fr_kernel_##SFX##_2x3(K, a, lda, wp, cp, ldc, accumulate, nc, b); p += 3; } \
         else if (rest == 2 && left >= 2) { fr_kernel_##SFX##_2x2(K, a, lda, wp, cp, ldc, accumulate, nc, b); p += 2; } \
         else if (rest == 2) { fr_kernel_##SFX##_2x1(K, a, lda, wp, cp, ldc, accumulate, nc, b); p += 1; } \
-        else if (FR_USE_WIDE && left >= 8) { fr_kernel_##SFX##_1x8(K, a, lda, wp, cp, ldc, accumulate, nc, b); p += 8; } \
         else if (left >= 4) { fr_kernel_##SFX##_1x4(K, a, lda, wp, cp, ldc, accumulate, nc, b); p += 4; } \
         else if (left == 3) { fr_kernel_##SFX##_1x3(K, a, lda, wp, cp, ldc, accumulate, nc, b); p += 3; } \
         else if (left == 2) { fr_kernel_##SFX##_1x2(K, a, lda, wp, cp, ldc, accumulate, nc, b); p += 2; } \
