@@ -48,7 +48,7 @@ def wide_kernels(request):
 def test_product_kernels_for_every_row_count(dtype, wide_kernels):
     """Linear's forward is the packed product kernel alone (csrc/rgemm.h):
     every number of rows from 1 to 40 (blocks of 12 or 6 rows, the 1-5 rows
-    left over, one to three panels a call), widths of one to ten panels
+    left over, one to four panels a call), widths of one to ten panels
     (partial ones too), against NumPy in float64, and each row bitwise equal
     to the same row computed alone, whatever kernel shape it fell in."""
     rng = np.random.default_rng(5)
