@@ -247,7 +247,7 @@ def sgemm_ceiling(seconds: float = 1.0, n: int = 2048, repeats: int = 3) -> floa
 
 
 def probe_gflops() -> float:
-    """One 1024^3 product (about 30 ms on 2 threads): a quick reading of how
+    """One 1024^3 product (2.1 GFLOP: 10-30 ms on 2 threads here): a quick reading of how
     much of the machine is there now."""
     return sgemm_ceiling(0.0, n=1024, repeats=1)
 

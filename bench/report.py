@@ -26,10 +26,10 @@ def main(path):
           f"{len(r.get('ceiling_readings', [0, 0]))} readings in the run. {r['flops']}.")
     s = r.get("machine_state")
     if s:
-        print(f"Rounds start with a 30 ms probe of the machine's speed: {s['probes']} probes, {s['slow_probes']} "
-              f"of them in a slow spell (below 60% of the best, {s['best_probe']:.0f} GFLOP/s); "
-              f"{s['seconds_waited']:.0f} s spent waiting for spells to end, {s['gave_up']} rounds timed in one "
-              "(their row's two minutes of waiting spent).")
+        print(f"Rounds start with a probe of the machine's speed (a 1024^3 sgemm): {s['probes']} probes, "
+              f"{s['slow_probes']} of them in a slow spell (below {s['slow_fraction']:.0%} of the best, "
+              f"{s['best_probe']:.0f} GFLOP/s); {s['seconds_waited']:.0f} s spent waiting for spells to end, "
+              f"{s['gave_up']} rounds timed in one (their row's {s['max_wait_seconds']:.0f} s of waiting spent).")
     print()
     if r.get("grid"):
         print("| cell | size | mode | fastrnn ms | NumPy ms | PyTorch ms | onnxruntime ms | PyTorch/fastrnn "
