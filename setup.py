@@ -93,6 +93,14 @@ class BuildExt(build_ext):
                 cflags += ["--param", "vect-max-version-for-alias-checks=256"]
             if ARCH not in ("", "none", "portable") and compiler_accepts(compiler, [f"-march={ARCH}"], link=False):
                 cflags.append(f"-march={ARCH}")
+            if compiler_accepts(compiler, ["-mprefer-vector-width=512"], link=False):
+                # where the target has AVX-512, the pointwise loops in 64-byte
+                # vectors, as the products' kernels already are (gcc's tuning
+                # for Intel's AVX-512 cores and for x86-64-v4 prefers 32 bytes);
+                # measured on a Sapphire Rapids VM, forward, 2 threads: 1.10-1.12x
+                # at B=8, H=128 (LSTM, GRU), 1.03-1.05x at B=32, 1.02-1.03x at B=1,
+                # large sizes unchanged
+                cflags.append("-mprefer-vector-width=512")
             if SANITIZE:   # every error is fatal, so that a run with no report is a clean run
                 sanitize = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]
                 cflags += sanitize + ["-g"]
