@@ -408,6 +408,17 @@ static inline void fr_rgemm_##SFX(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T
                                   const T *bias)                                     \
 {                                                                                    \
     fr_rgemm_ldp_##SFX(M, N, K, A, lda, Wp, K, C, ldc, accumulate, bias);            \
+}                                                                                    \
+/* The same product, its groups of 4 panels taken last first: the same          \
+ * operations for every element of C, in another order over the panels. */        \
+static void fr_rgemm_reversed_##SFX(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T *A, ptrdiff_t lda, \
+                                    const T *Wp, T *C, ptrdiff_t ldc, int accumulate, \
+                                    const T *bias)                                   \
+{                                                                                    \
+    const ptrdiff_t np = (N + NR - 1) / NR;                                          \
+    for (ptrdiff_t g = (np - 1) / 4 * 4; g >= 0; g -= 4)                             \
+        fr_rgemm_ldp_##SFX(M, N - g * NR < 4 * NR ? N - g * NR : 4 * NR, K, A, lda, Wp + (size_t)g * K * NR, K, \
+                           C + g * NR, ldc, accumulate, bias ? bias + g * NR : bias); \
 }
 
 #if FR_VECTOR_EXTENSIONS

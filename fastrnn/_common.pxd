@@ -26,6 +26,10 @@ cdef extern from "rgemm.h" nogil:
                       const float *Wp, float *C, Py_ssize_t ldc, int accumulate, const float *bias)
     void fr_rgemm_f64(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const double *A, Py_ssize_t lda,
                       const double *Wp, double *C, Py_ssize_t ldc, int accumulate, const double *bias)
+    void fr_rgemm_reversed_f32(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float *A, Py_ssize_t lda,
+                               const float *Wp, float *C, Py_ssize_t ldc, int accumulate, const float *bias)
+    void fr_rgemm_reversed_f64(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const double *A, Py_ssize_t lda,
+                               const double *Wp, double *C, Py_ssize_t ldc, int accumulate, const double *bias)
     void fr_rgemm_ldp_f32(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float *A, Py_ssize_t lda, const float *Wp, Py_ssize_t ldp,
                           float *C, Py_ssize_t ldc, int accumulate, const float *bias)
     void fr_rgemm_ldp_f64(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const double *A, Py_ssize_t lda, const double *Wp, Py_ssize_t ldp,
@@ -115,13 +119,20 @@ cdef inline void pack_cols(floating *packed, const floating *s, Py_ssize_t lds,
 cdef inline void rgemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
                        const floating *a, Py_ssize_t lda, const floating *packed,
                        floating *c, Py_ssize_t ldc, bint accumulate,
-                       const floating *bias=NULL) noexcept nogil:
+                       const floating *bias=NULL, bint reversed=False) noexcept nogil:
     """c (m x n) = [c +] a (m x k) @ w.T [+ bias] with w packed by
-    pack_rows/pack_cols; bias (n rounded up to whole panels) or NULL."""
+    pack_rows/pack_cols; bias (n rounded up to whole panels) or NULL.
+    reversed: the panels in groups of 4, last first (the same results)."""
     if floating is float:
-        fr_rgemm_f32(m, n, k, a, lda, packed, c, ldc, accumulate, bias)
+        if reversed:
+            fr_rgemm_reversed_f32(m, n, k, a, lda, packed, c, ldc, accumulate, bias)
+        else:
+            fr_rgemm_f32(m, n, k, a, lda, packed, c, ldc, accumulate, bias)
     else:
-        fr_rgemm_f64(m, n, k, a, lda, packed, c, ldc, accumulate, bias)
+        if reversed:
+            fr_rgemm_reversed_f64(m, n, k, a, lda, packed, c, ldc, accumulate, bias)
+        else:
+            fr_rgemm_f64(m, n, k, a, lda, packed, c, ldc, accumulate, bias)
 
 
 cdef inline void transpose(floating *dst, Py_ssize_t ldd, const floating *src, Py_ssize_t lds,

@@ -632,7 +632,14 @@ cdef void forward_thread(
                     rgemm(m, gw, H, rh + j0 * H, dj * H, packed_hh + (col + 2 * gw) * H, hw + j0 * W + col + 2 * gw,
                           dj * W, False)
             elif busy:
-                rgemm(m, G * gw, H, hp + j0 * H, dj * H, packed_hh + col * H, hw + j0 * W + col, dj * W, False)
+                # odd steps take the panels last group first: the weights read
+                # last in one step are read first in the next, while still in
+                # cache, where the weights are somewhat larger than it
+                # (measured, Sapphire Rapids VM: B=1, H=64 LSTM, 64 KB of
+                # packed weight_hh against a 48 KB L1: its product 1.19x in C,
+                # the forward 1.04-1.06x; other sizes within 0.98-1.03x)
+                rgemm(m, G * gw, H, hp + j0 * H, dj * H, packed_hh + col * H, hw + j0 * W + col, dj * W, False,
+                      NULL, s & 1)
             if busy:
                 forward_rows(cell, steps, s, m, j0, dj, H, G, W, u0, n, gw, y, ldy, y_rows, xs, ldx,
                              hw + col, bias + W + col, hp, hn, c, rh, NULL if direct else gates, saved, h_prev)
