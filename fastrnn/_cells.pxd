@@ -6,15 +6,19 @@
 #   xw = x @ weight_ih.T + b   (G*H)  input part, with the biases folded in:
 #                                      b = bias_ih + bias_hh, but for the GRU's
 #                                      n gate, whose bias_hh sits inside r * (.)
-#   hw = h @ weight_hh.T       (G*H)  recurrent part
+#   hw = h @ weight_hh.T       (G*H)  recurrent part, which the time loop's
+#                                      product adds to xw in place (the sum the
+#                                      pointwise pass would form, the same bits),
+#                                      but for the GRU's n gate, kept apart in hw
 # Each function handles n units (a thread's share of the H units) of one row:
 # its arrays hold gate g of unit u at [g * gs + u], gs the gate stride of the
 # layout they come in (a thread's packed layout in the forward, the G*H rows of
 # the workspace in the backward).  Single-vector arrays (states, outputs) hold
 # unit u at [u].
 #
-# The forward leaves the activated gates in xw (the time loop keeps them for
-# backward when training) and the time loop keeps one more vector per row:
+# The forward functions so see xw + hw in xw, and leave the activated gates
+# there (the time loop keeps them for backward when training); the time loop
+# keeps one more vector per row:
 # h' for the RNN, c' for the LSTM, hn for the GRU.  The backward turns the
 # saved gates into the gradient of the input part (dxw, whose products with x
 # and weight_ih give dx and dweight_ih) and writes the gradient of the
@@ -30,33 +34,31 @@
 from fastrnn._common cimport floating, sigmoid, tanh, relu
 
 
-cdef inline void sigmoid_of_sum(Py_ssize_t n, floating *a, const floating *b) noexcept nogil:
-    """a = sigmoid(a + b), n elements."""
+cdef inline void sigmoid_in_place(Py_ssize_t n, floating *a) noexcept nogil:
+    """a = sigmoid(a), n elements."""
     cdef Py_ssize_t u
     for u in range(n):
-        a[u] = sigmoid(a[u] + b[u])
+        a[u] = sigmoid(a[u])
 
 
-cdef inline void tanh_of_sum(Py_ssize_t n, floating *a, const floating *b) noexcept nogil:
-    """a = tanh(a + b), n elements."""
+cdef inline void tanh_in_place(Py_ssize_t n, floating *a) noexcept nogil:
+    """a = tanh(a), n elements."""
     cdef Py_ssize_t u
     for u in range(n):
-        a[u] = tanh(a[u] + b[u])
+        a[u] = tanh(a[u])
 
 
 # Elman RNN: h' = act(xw + hw), act = tanh or relu -------------------------
 
 cdef inline void rnn_forward_step(
         Py_ssize_t n, bint use_relu,
-        const floating *xw,          # (n) IN
-        const floating *hw,          # (n) IN
+        const floating *xw,          # (n) IN xw + hw
         floating *h,                 # (n) OUT new state h'
         floating *y) noexcept nogil:  # (n) OUT h'
     cdef Py_ssize_t u
     cdef floating v
     for u in range(n):
-        v = xw[u] + hw[u]
-        v = relu(v) if use_relu else tanh(v)
+        v = relu(xw[u]) if use_relu else tanh(xw[u])
         h[u] = v
         y[u] = v
 
@@ -86,8 +88,7 @@ cdef inline void rnn_backward_step(
 
 cdef inline void lstm_forward_step(
         Py_ssize_t n, Py_ssize_t gs,
-        floating *xw,                # (4 gs) IN, OUT i, f, g, o
-        const floating *hw,          # (4 gs) IN
+        floating *xw,                # (4 gs) IN xw + hw, OUT i, f, g, o
         floating *c,                 # (n) INOUT cell state
         floating *h,                 # (n) OUT new state h'
         floating *y) noexcept nogil:  # (n) OUT h'
@@ -96,10 +97,10 @@ cdef inline void lstm_forward_step(
     # measured, 2 threads: 4-5% faster at B=8 and 32, H=128; 10% at B=1, H=64)
     cdef Py_ssize_t u
     cdef floating c_new, h_new
-    sigmoid_of_sum(n, xw, hw)
-    sigmoid_of_sum(n, xw + gs, hw + gs)
-    tanh_of_sum(n, xw + 2 * gs, hw + 2 * gs)
-    sigmoid_of_sum(n, xw + 3 * gs, hw + 3 * gs)
+    sigmoid_in_place(n, xw)
+    sigmoid_in_place(n, xw + gs)
+    tanh_in_place(n, xw + 2 * gs)
+    sigmoid_in_place(n, xw + 3 * gs)
     for u in range(n):
         c_new = xw[gs + u] * c[u] + xw[u] * xw[2 * gs + u]
         h_new = xw[3 * gs + u] * tanh(c_new)
@@ -148,8 +149,8 @@ cdef inline void lstm_backward_step(
 
 cdef inline void gru_forward_step(
         Py_ssize_t n, Py_ssize_t gs,
-        floating *xw,                # (3 gs) IN, OUT r, z, n
-        floating *hw,                # (3 gs) IN ; OUT hn in its last gate
+        floating *xw,                # (3 gs) IN xw + hw (but the n gate: xw), OUT r, z, n
+        floating *hw_n,              # (n) IN hw of the n gate ; OUT hn
         const floating *b_hn,        # (n) IN bias_hh of the n gate
         const floating *h_prev,      # (n) IN state h
         floating *h,                 # (n) OUT new state h'
@@ -157,14 +158,14 @@ cdef inline void gru_forward_step(
     cdef Py_ssize_t u
     cdef floating hn, nn, h_new
     # the sigmoids in passes of their own, as the LSTM's (measured: 4% faster)
-    sigmoid_of_sum(n, xw, hw)             # r
-    sigmoid_of_sum(n, xw + gs, hw + gs)   # z
+    sigmoid_in_place(n, xw)          # r
+    sigmoid_in_place(n, xw + gs)     # z
     for u in range(n):
-        hn = hw[2 * gs + u] + b_hn[u]
+        hn = hw_n[u] + b_hn[u]
         nn = tanh(xw[2 * gs + u] + xw[u] * hn)
         h_new = nn + xw[gs + u] * (h_prev[u] - nn)
         xw[2 * gs + u] = nn
-        hw[2 * gs + u] = hn
+        hw_n[u] = hn
         h[u] = h_new
         y[u] = h_new
 
@@ -210,23 +211,21 @@ cdef inline void gru_backward_step(
 
 cdef inline void gru_reset_before_reset_step(
         Py_ssize_t n, Py_ssize_t gs,
-        floating *xw,                # (3 gs) IN ; OUT r, z in the first two gates
-        const floating *hw,          # (2 gs) IN
+        floating *xw,                # (3 gs) IN xw + hw in the first two gates ; OUT r, z there
         const floating *h_prev,      # (n) IN state h
         floating *rh) noexcept nogil:  # (n) OUT r * h
     cdef Py_ssize_t u
     cdef floating r
     for u in range(n):
-        r = sigmoid(xw[u] + hw[u])
+        r = sigmoid(xw[u])
         xw[u] = r
-        xw[gs + u] = sigmoid(xw[gs + u] + hw[gs + u])
+        xw[gs + u] = sigmoid(xw[gs + u])
         rh[u] = r * h_prev[u]
 
 
 cdef inline void gru_reset_before_forward_step(
         Py_ssize_t n, Py_ssize_t gs,
-        floating *xw,                # (3 gs) IN r, z, xw_n ; OUT r, z, n
-        const floating *hw,          # (3 gs) IN rh @ W_hn.T in the last gate
+        floating *xw,                # (3 gs) IN r, z, xw_n + rh @ W_hn.T ; OUT r, z, n
         const floating *h_prev,      # (n) IN state h
         floating *h,                 # (n) OUT new state h'
         floating *y) noexcept nogil:  # (n) OUT h'
@@ -234,7 +233,7 @@ cdef inline void gru_reset_before_forward_step(
     cdef floating z, nn, h_new
     for u in range(n):
         z = xw[gs + u]
-        nn = tanh(xw[2 * gs + u] + hw[2 * gs + u])
+        nn = tanh(xw[2 * gs + u])
         h_new = nn + z * (h_prev[u] - nn)
         xw[2 * gs + u] = nn
         h[u] = h_new

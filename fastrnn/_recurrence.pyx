@@ -11,7 +11,8 @@
 # Forward, per (layer, direction), for a chunk of steps at a time:
 #   1. xw = x @ weight_ih.T + biases            for all the chunk's rows at once
 #   2. for each step s of the chunk (the sequential part):
-#        hw = h @ weight_hh.T                   on the rows still running
+#        xw += h @ weight_hh.T                  on the rows still running (the
+#                                               GRU's n gate: into hw instead)
 #        the cell's pointwise step, each row    _cells.pxd
 # Backward walks the steps in reverse (dh = dhw @ weight_hh per step), then
 # forms dx, dweight_ih, dweight_hh and the bias gradients as products over
@@ -455,9 +456,11 @@ cdef inline void forward_rows_of(
         Py_ssize_t H, Py_ssize_t G, Py_ssize_t W, Py_ssize_t u0, Py_ssize_t n, Py_ssize_t gw,
         floating *y, Py_ssize_t ldy,       # (., ldy) OUT h of every row and step
         const Py_ssize_t *y_rows,          # (N) IN row of y for each packed row; NULL: the same
-        floating *xw, Py_ssize_t ldx,      # (m, ldx) INOUT x @ weight_ih.T + biases of the step's rows of this
-                                           # thread in, activated gates out; from its first column
-        floating *hw,                      # (B, W) INOUT h @ weight_hh.T (GRU: hn out); from its first column
+        floating *xw, Py_ssize_t ldx,      # (m, ldx) INOUT x @ weight_ih.T + biases + h @ weight_hh.T (GRU:
+                                           # but the n gate's) of the step's rows of this thread in,
+                                           # activated gates out; from its first column
+        floating *hw,                      # (B, W) INOUT GRU: h @ weight_hh.T of the n gate in (its last
+                                           # gw columns), hn out; from the thread's first column
         const floating *b_hn,              # (gw) IN GRU's bias_hh of the n gate
         const floating *hp,                # (B, H) IN the states before the step
         floating *hn,                      # (B, H) OUT the states after it
@@ -478,15 +481,15 @@ cdef inline void forward_rows_of(
         r = row_at(steps, s, j)
         yrow = y + (y_rows[r] if y_rows != NULL else r) * ldy + u0
         xrow = xw + i * ldx
-        hrow = hw + j * W
+        hrow = hw + j * W + 2 * gw   # the GRU's n gate
         if cell == LSTM:
-            lstm_forward_step(n, gw, xrow, hrow, c + j * H + u0, hn + j * H + u0, yrow)
+            lstm_forward_step(n, gw, xrow, c + j * H + u0, hn + j * H + u0, yrow)
         elif cell == GRU:
             gru_forward_step(n, gw, xrow, hrow, b_hn, hp + j * H + u0, hn + j * H + u0, yrow)
         elif cell == GRU_RESET_BEFORE:
-            gru_reset_before_forward_step(n, gw, xrow, hrow, hp + j * H + u0, hn + j * H + u0, yrow)
+            gru_reset_before_forward_step(n, gw, xrow, hp + j * H + u0, hn + j * H + u0, yrow)
         else:
-            rnn_forward_step(n, cell == RNN_RELU, xrow, hrow, hn + j * H + u0, yrow)
+            rnn_forward_step(n, cell == RNN_RELU, xrow, hn + j * H + u0, yrow)
         if h_prev != NULL:   # training: keep what backward needs
             if gates != NULL:   # the RNN's backward needs only h'
                 for g in range(G):
@@ -495,7 +498,7 @@ cdef inline void forward_rows_of(
             if cell == LSTM:
                 memcpy(saved + r * H + u0, c + j * H + u0, row_bytes)
             elif cell == GRU:
-                memcpy(saved + r * H + u0, hrow + 2 * gw, row_bytes)
+                memcpy(saved + r * H + u0, hrow, row_bytes)
             elif cell == GRU_RESET_BEFORE:
                 memcpy(saved + r * H + u0, rh + j * H + u0, row_bytes)
             else:
@@ -526,7 +529,7 @@ cdef void forward_thread(
         floating *bias,                    # (2, W) scratch: biases in the packed layout
         floating *xw, Py_ssize_t chunk,    # (chunk, W) scratch (this thread's when sharing the rows):
                                            # x @ weight_ih.T of the thread's rows of a chunk of steps
-        floating *hw,                      # (B, W) scratch: h @ weight_hh.T of a step
+        floating *hw,                      # (B, W) scratch: the GRU's h @ weight_hh.T of the n gate, a step
         floating *rh,                      # (B, H) scratch: GRU_RESET_BEFORE's r * h of a step
         floating *xg,                      # (chunk, I) scratch of this thread: x rows gathered
         Interrupt *intr) noexcept nogil:   # Ctrl-C: checked after each chunk of steps
@@ -543,6 +546,7 @@ cdef void forward_thread(
     cdef Split pk = split_units(H, G, nr, tid, nt)
     cdef Py_ssize_t u0 = sp.u0, n = sp.u1 - sp.u0, gw = sp.width, col = sp.col
     cdef Py_ssize_t g, u, i, j, r, s, s0, s1, rows, q, m, pc, lda
+    cdef bint last_first
     cdef Py_ssize_t j0 = tid if by_rows else 0, dj = nt if by_rows else 1   # rows j0, j0 + dj, ...
     cdef size_t row_bytes = n * sizeof(floating)
     cdef floating *hp
@@ -619,27 +623,36 @@ cdef void forward_thread(
             xs = gates + (steps.offsets[s] + j0) * GH if direct else xw + q * W + col
             hp = hbuf + (s & 1) * B * H
             hn = hbuf + ((s + 1) & 1) * B * H
+            # the step's product added to the input part in xs (the sum the
+            # pointwise pass would form: the same bits, one buffer less to
+            # write and read back), but the GRU's n gate, which r multiplies,
+            # goes to hw.  Odd steps take the panels last group first: the
+            # weights read last in one step are read first in the next, while
+            # still in cache, where the weights are somewhat larger than it
+            # (measured, Sapphire Rapids VM: B=1, H=64 LSTM, 64 KB of packed
+            # weight_hh against a 48 KB L1: its product 1.19x in C, the
+            # forward 1.04-1.06x; other sizes within 0.98-1.03x)
+            last_first = s & 1
             if cell == GRU_RESET_BEFORE:   # the n gate's product needs r * h of every unit
                 if busy:
-                    rgemm(m, 2 * gw, H, hp + j0 * H, dj * H, packed_hh + col * H, hw + j0 * W + col, dj * W, False)
+                    rgemm(m, 2 * gw, H, hp + j0 * H, dj * H, packed_hh + col * H, xs, ldx, True, NULL, last_first)
                     for i in range(m):
                         j = j0 + i * dj
-                        gru_reset_before_reset_step(n, gw, xs + i * ldx,
-                                                    hw + j * W + col, hp + j * H + u0, rh + j * H + u0)
+                        gru_reset_before_reset_step(n, gw, xs + i * ldx, hp + j * H + u0, rh + j * H + u0)
                 if not by_rows:
                     fr_barrier_wait(barrier, &sense)    # every thread's share of r * h is in place
                 if busy:
-                    rgemm(m, gw, H, rh + j0 * H, dj * H, packed_hh + (col + 2 * gw) * H, hw + j0 * W + col + 2 * gw,
-                          dj * W, False)
+                    rgemm(m, gw, H, rh + j0 * H, dj * H, packed_hh + (col + 2 * gw) * H, xs + 2 * gw, ldx, True,
+                          NULL, last_first)
+            elif cell == GRU and busy:   # r and z, then n (last first: n, then z and r)
+                if not last_first:
+                    rgemm(m, 2 * gw, H, hp + j0 * H, dj * H, packed_hh + col * H, xs, ldx, True)
+                rgemm(m, gw, H, hp + j0 * H, dj * H, packed_hh + (col + 2 * gw) * H, hw + j0 * W + col + 2 * gw,
+                      dj * W, False, NULL, last_first)
+                if last_first:
+                    rgemm(m, 2 * gw, H, hp + j0 * H, dj * H, packed_hh + col * H, xs, ldx, True, NULL, True)
             elif busy:
-                # odd steps take the panels last group first: the weights read
-                # last in one step are read first in the next, while still in
-                # cache, where the weights are somewhat larger than it
-                # (measured, Sapphire Rapids VM: B=1, H=64 LSTM, 64 KB of
-                # packed weight_hh against a 48 KB L1: its product 1.19x in C,
-                # the forward 1.04-1.06x; other sizes within 0.98-1.03x)
-                rgemm(m, G * gw, H, hp + j0 * H, dj * H, packed_hh + col * H, hw + j0 * W + col, dj * W, False,
-                      NULL, s & 1)
+                rgemm(m, G * gw, H, hp + j0 * H, dj * H, packed_hh + col * H, xs, ldx, True, NULL, last_first)
             if busy:
                 forward_rows(cell, steps, s, m, j0, dj, H, G, W, u0, n, gw, y, ldy, y_rows, xs, ldx,
                              hw + col, bias + W + col, hp, hn, c, rh, NULL if direct else gates, saved, h_prev)
