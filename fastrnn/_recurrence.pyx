@@ -722,8 +722,10 @@ def forward(int cell,
     # each thread gathers the rows it projects for itself, unless they are
     # consecutive in x (every row of a step forwards)
     cdef Py_ssize_t xg_size = chunk * I if reverse or by_rows or x_rows is not None else 0, f = sizeof(floating)
+    # the GRU's n gate (every other step product goes into xw)
+    cdef Py_ssize_t hw_size = B * W if cell == GRU else 0
     cdef Scratch scratch = Scratch(padded(W * I * f) + padded(W * H * f) + padded(2 * W * f)
-                                   + n_xw * padded(chunk * W * f) + padded(B * W * f) + padded(2 * B * H * f)
+                                   + n_xw * padded(chunk * W * f) + padded(hw_size * f) + padded(2 * B * H * f)
                                    + padded(B * H * f) + steps_bytes(batch_sizes.shape[0], B)
                                    + nt * padded(xg_size * f))
     cdef Steps steps = make_steps(batch_sizes, B, reverse, scratch)
@@ -731,7 +733,7 @@ def forward(int cell,
     cdef floating *packed_hh = <floating *>scratch.take(W * H * f)
     cdef floating *bias = <floating *>scratch.take(2 * W * f)
     cdef floating *xw = <floating *>scratch.take(n_xw * padded(chunk * W * f))
-    cdef floating *hw = <floating *>scratch.take(B * W * f)
+    cdef floating *hw = <floating *>scratch.take(hw_size * f)
     cdef floating *hbuf = <floating *>scratch.take(2 * B * H * f)
     cdef floating *rh = <floating *>scratch.take(B * H * f)
     cdef floating *xg = <floating *>scratch.take(0)

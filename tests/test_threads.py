@@ -91,9 +91,9 @@ def test_a_sequence_in_two_pieces_gives_the_same_bits(restore_threads, mode, dty
     """Odd steps take the step product's groups of panels in the other order
     (forward_thread); step 3 of a sequence and step 0 of its rest, started
     from the states after step 2, are the same product in the two orders:
-    the same bits.  H=136: five panels per gate in float32 (two groups per
-    gate and a partial panel), nine in float64; B=14: a 12-row block and
-    leftover rows."""
+    the same bits.  H=136: five panels per gate in float32, nine in float64,
+    the last one partial (groups of four panels, the last group short);
+    B=14: a 12-row block and leftover rows."""
     fastrnn.set_num_threads(threads)
     rng = np.random.default_rng(6)
     T, B, I, H = 7, 14, 24, 136
