@@ -481,10 +481,10 @@ cdef inline void forward_rows_of(
         r = row_at(steps, s, j)
         yrow = y + (y_rows[r] if y_rows != NULL else r) * ldy + u0
         xrow = xw + i * ldx
-        hrow = hw + j * W + 2 * gw   # the GRU's n gate
         if cell == LSTM:
             lstm_forward_step(n, gw, xrow, c + j * H + u0, hn + j * H + u0, yrow)
         elif cell == GRU:
+            hrow = hw + j * W + 2 * gw   # its n gate
             gru_forward_step(n, gw, xrow, hrow, b_hn, hp + j * H + u0, hn + j * H + u0, yrow)
         elif cell == GRU_RESET_BEFORE:
             gru_reset_before_forward_step(n, gw, xrow, hp + j * H + u0, hn + j * H + u0, yrow)
@@ -644,13 +644,10 @@ cdef void forward_thread(
                 if busy:
                     rgemm(m, gw, H, rh + j0 * H, dj * H, packed_hh + (col + 2 * gw) * H, xs + 2 * gw, ldx, True,
                           NULL, last_first)
-            elif cell == GRU and busy:   # r and z, then n (last first: n, then z and r)
-                if not last_first:
-                    rgemm(m, 2 * gw, H, hp + j0 * H, dj * H, packed_hh + col * H, xs, ldx, True)
+            elif cell == GRU and busy:   # r and z, then n
+                rgemm(m, 2 * gw, H, hp + j0 * H, dj * H, packed_hh + col * H, xs, ldx, True, NULL, last_first)
                 rgemm(m, gw, H, hp + j0 * H, dj * H, packed_hh + (col + 2 * gw) * H, hw + j0 * W + col + 2 * gw,
                       dj * W, False, NULL, last_first)
-                if last_first:
-                    rgemm(m, 2 * gw, H, hp + j0 * H, dj * H, packed_hh + col * H, xs, ldx, True, NULL, True)
             elif busy:
                 rgemm(m, G * gw, H, hp + j0 * H, dj * H, packed_hh + col * H, xs, ldx, True, NULL, last_first)
             if busy:
