@@ -26,9 +26,9 @@
 #
 # Threads: a team shares either the rows or the hidden units of the batch
 # (share_rows).  Sharing the rows (at least 4 each, weight_hh small enough for
-# a core's cache), each thread runs its rows through every step with all the
-# units, projecting its own rows of x too: the threads meet once, when the
-# weights are packed.  Sharing the units (whole panels each), every thread
+# a core's cache; a block of consecutive rows each, see thread_rows), each
+# thread runs its rows through every step with all the units, projecting its
+# own rows of x too: the threads meet once, when the weights are packed.  Sharing the units (whole panels each), every thread
 # computes its units' gates for every row, so each product keeps all the
 # batch's rows and each thread reads only its share of the weights (what
 # large weights and small batches need); a spin barrier (csrc/barrier.h) ends
@@ -310,9 +310,34 @@ cdef bint share_rows(int nt, Py_ssize_t B, Py_ssize_t packed_hh_bytes) noexcept:
     return nt > 1 and B >= ROWS_PER_THREAD * nt and packed_hh_bytes <= L2_BYTES
 
 
-cdef inline Py_ssize_t own_rows(Py_ssize_t rows, Py_ssize_t j0, Py_ssize_t dj) noexcept nogil:
-    """How many of a thread's rows j0, j0 + dj, ... are below `rows`."""
-    return (rows - j0 + dj - 1) // dj if rows > j0 else 0
+# A thread's rows of the batch: j0, j0 + dj, ... below j1.  Sharing the rows
+# of a full batch, each thread takes a block of consecutive rows; of a ragged
+# one (longest sequences first), every nt-th row, so that each thread keeps
+# about as many rows as the others while sequences end.  Blocks, not every
+# other row, where they can: measured on a Sapphire Rapids VM, 2 threads, a C
+# model of the RNN's step loop at B=32, H=128 1.09-1.17x faster; the layers,
+# side by side, forwards 1.02-1.35x at B=8 and B=32, forward+backward
+# 1.09-1.18x, the RNN at B=64, H=512 1.12-1.16x.  (The likely cause: the
+# cores' prefetchers fetch whole neighbourhoods of a row, so each core pulled
+# in the rows the other one writes.)
+cdef struct Rows:
+    Py_ssize_t j0, dj, j1
+
+
+cdef inline Rows thread_rows(bint by_rows, bint full, int tid, int nt, Py_ssize_t B) noexcept nogil:
+    cdef Rows rows
+    rows.j0, rows.dj, rows.j1 = 0, 1, B
+    if by_rows and full:
+        rows.j0, rows.j1 = tid * B // nt, (tid + 1) * B // nt
+    elif by_rows:
+        rows.j0, rows.dj = tid, nt
+    return rows
+
+
+cdef inline Py_ssize_t own_rows(Py_ssize_t rows, const Rows *mine) noexcept nogil:
+    """How many of a thread's rows are below `rows`."""
+    cdef Py_ssize_t end = rows if rows < mine.j1 else mine.j1
+    return (end - mine.j0 + mine.dj - 1) // mine.dj if end > mine.j0 else 0
 
 
 cdef int team_size(double flops, double flops_per_step, int n_threads, Py_ssize_t H, Py_ssize_t nr,
@@ -535,8 +560,8 @@ cdef void forward_thread(
         Interrupt *intr) noexcept nogil:   # Ctrl-C: checked after each chunk of steps
     """Thread tid's part of the forward over the whole sequence.  Sharing the
     units (by_rows false): its share of the units, for every row and step,
-    the threads meeting after every step.  Sharing the rows: rows tid,
-    tid + nt, ... with every unit, each thread on its own once the weights
+    the threads meeting after every step.  Sharing the rows: its rows
+    (thread_rows) with every unit, each thread on its own once the weights
     are packed (it projects its own rows of x, too).
     W = G * P * nr is the packed width."""
     cdef Py_ssize_t nr = panel_width(<floating>0), P = (H + nr - 1) // nr
@@ -547,7 +572,8 @@ cdef void forward_thread(
     cdef Py_ssize_t u0 = sp.u0, n = sp.u1 - sp.u0, gw = sp.width, col = sp.col
     cdef Py_ssize_t g, u, i, j, r, s, s0, s1, rows, q, m, pc, lda
     cdef bint last_first
-    cdef Py_ssize_t j0 = tid if by_rows else 0, dj = nt if by_rows else 1   # rows j0, j0 + dj, ...
+    cdef Rows mine = thread_rows(by_rows, steps.batch_sizes[S - 1] == B, tid, nt, B)
+    cdef Py_ssize_t j0 = mine.j0, dj = mine.dj
     cdef size_t row_bytes = n * sizeof(floating)
     cdef floating *hp
     cdef floating *hn
@@ -555,13 +581,13 @@ cdef void forward_thread(
     cdef int sense = 0
     cdef bint busy = n > 0
     cdef Py_ssize_t block = 0
-    # training, each thread on its own rows of whole steps, whose gates fill
-    # rows of `gates` one stride apart: the input product goes straight there
-    # and the pointwise pass activates the gates in place, rather than in xw
-    # and then copied (H a multiple of the panel width: no padding columns)
+    # training, each thread on its own block of rows of whole steps: the
+    # input product goes straight to their rows of `gates` and the pointwise
+    # pass activates the gates in place, rather than in xw and then copied
+    # (H a multiple of the panel width: no padding columns)
     cdef bint direct = (gates != NULL and by_rows and G * gw == GH and not steps.reverse
-                        and steps.batch_sizes[S - 1] == B and B % dj == 0)
-    cdef Py_ssize_t ldx = dj * GH if direct else W
+                        and steps.batch_sizes[S - 1] == B)
+    cdef Py_ssize_t ldx = GH if direct else W
     cdef floating *xs
 
     if pk.u1 > pk.u0:   # this thread's panels of every gate (sharing the rows: of the whole layout)
@@ -580,7 +606,7 @@ cdef void forward_thread(
                 else:
                     bias[pc + u] = b_ih[g * H + pk.u0 + u] + b_hh[g * H + pk.u0 + u]
     if busy:
-        for i in range(own_rows(B, j0, dj)):
+        for i in range(own_rows(B, &mine)):
             j = j0 + i * dj
             memcpy(hbuf + j * H + u0, h_0 + j * H + u0, row_bytes)
     fr_barrier_wait(barrier, &sense)    # the packed weights and h_0 are in place
@@ -588,38 +614,44 @@ cdef void forward_thread(
     s0 = 0
     while s0 < S:
         # a chunk of steps [s0, s1): this thread's rows of them (all the rows
-        # when sharing the units) projected in one product, into rows 0, 1, ...
-        # of its xw (its own part of xw when sharing the rows)
-        s1, rows = s0 + 1, own_rows(steps.batch_sizes[s0], j0, dj)
-        while s1 < S and rows + own_rows(steps.batch_sizes[s1], j0, dj) <= chunk:
-            rows += own_rows(steps.batch_sizes[s1], j0, dj)
+        # when sharing the units) projected, into rows 0, 1, ... of its xw
+        # (its own part of xw when sharing the rows), or straight to `gates`
+        s1, rows = s0 + 1, own_rows(steps.batch_sizes[s0], &mine)
+        while s1 < S and rows + own_rows(steps.batch_sizes[s1], &mine) <= chunk:
+            rows += own_rows(steps.batch_sizes[s1], &mine)
             s1 += 1
-        if busy:
+        if busy and by_rows and dj == 1 and x_rows == NULL and not steps.reverse:
+            # a block of rows of whole steps: consecutive rows of x at each
+            # step, a product per step (direct: col is 0 and G * gw is GH)
+            q = 0
+            for s in range(s0, s1):
+                m = own_rows(steps.batch_sizes[s], &mine)
+                rgemm(m, G * gw, I, x + (steps.offsets[s] + j0) * I, I, packed_ih + col * I,
+                      gates + (steps.offsets[s] + j0) * GH if direct else xw + q * W + col, ldx, False, bias + col)
+                q += m
+        elif busy:
             if x_rows == NULL and not steps.reverse and (not by_rows or (steps.batch_sizes[s1 - 1] == B
                                                                        and B % dj == 0)):
-                # consecutive rows of x; or, sharing the rows, whole steps of B
-                # rows, a multiple of the threads: rows j0, j0 + dj, ... of x,
-                # one stride apart (the gather's copies were 3.5% of a profile
-                # of the RNN forward at B=32, H=128; timed without them,
-                # 1.00-1.03x, within the noise)
+                # consecutive rows of x; or, every nt-th row of whole steps of
+                # B rows, a multiple of the threads: one stride apart (the
+                # gather's copies were 3.5% of a profile of the RNN forward at
+                # B=32, H=128; timed without them, 1.00-1.03x, within the noise)
                 a = x + (steps.offsets[s0] + j0) * I
                 lda = dj * I
             else:   # gather them
                 lda = I
                 q = 0
                 for s in range(s0, s1):
-                    for i in range(own_rows(steps.batch_sizes[s], j0, dj)):
+                    for i in range(own_rows(steps.batch_sizes[s], &mine)):
                         r = row_at(steps, s, j0 + i * dj)
                         memcpy(xg + q * I, x + (x_rows[r] if x_rows != NULL else r) * I, I * sizeof(floating))
                         q += 1
                 a = xg
-            # (direct: col is 0 and G * gw is GH)
-            rgemm(rows, G * gw, I, a, lda, packed_ih + col * I,
-                  gates + (steps.offsets[s0] + j0) * GH if direct else xw + col, ldx, False, bias + col)
+            rgemm(rows, G * gw, I, a, lda, packed_ih + col * I, xw + col, W, False, bias + col)
         q = 0
         for s in range(s0, s1):
             rows = steps.batch_sizes[s]
-            m = own_rows(rows, j0, dj)    # this thread's rows of the step
+            m = own_rows(rows, &mine)    # this thread's rows of the step
             xs = gates + (steps.offsets[s] + j0) * GH if direct else xw + q * W + col
             hp = hbuf + (s & 1) * B * H
             hn = hbuf + ((s + 1) & 1) * B * H
@@ -664,7 +696,7 @@ cdef void forward_thread(
         s0 = s1
 
     if busy:   # each row's state after its own last step
-        for i in range(own_rows(B, j0, dj)):
+        for i in range(own_rows(B, &mine)):
             j = j0 + i * dj
             memcpy(h_n + j * H + u0, hbuf + (steps.lengths[j] & 1) * B * H + j * H + u0, row_bytes)
 
@@ -1034,8 +1066,8 @@ cdef void backward_thread(
         floating *dhw,                     # (2, B, G*H) scratch: dhw of even and odd steps
         Interrupt *intr) noexcept nogil:   # Ctrl-C: checked every BACKWARD_BLOCK steps
     """Thread tid's part of backpropagation through time, every step from the
-    last: its share of the units for every row, or (by_rows) rows tid,
-    tid + nt, ... with every unit, as in the forward.  K, the rows of
+    last: its share of the units for every row, or (by_rows) its rows
+    (thread_rows) with every unit, as in the forward.  K, the rows of
     weight_hh that multiply h directly, is G*H but for GRU_RESET_BEFORE (2*H:
     r and z)."""
     cdef Py_ssize_t nr = panel_width(<floating>0), GH = G * H, S = steps.n_steps
@@ -1043,7 +1075,8 @@ cdef void backward_thread(
     cdef Split sp = split_units(H, G, nr, 0 if by_rows else tid, 1 if by_rows else nt)
     cdef Split pk = split_units(H, G, nr, tid, nt)   # the panels this thread packs
     cdef Py_ssize_t u0 = sp.u0, n = sp.u1 - sp.u0
-    cdef Py_ssize_t j0 = tid if by_rows else 0, dj = nt if by_rows else 1   # rows j0, j0 + dj, ...
+    cdef Rows mine = thread_rows(by_rows, steps.batch_sizes[S - 1] == B, tid, nt, B)
+    cdef Py_ssize_t j0 = mine.j0, dj = mine.dj
     cdef Py_ssize_t s, i, j, r, m
     cdef floating *d
     cdef int sense = 0
@@ -1061,10 +1094,10 @@ cdef void backward_thread(
         d = dhw + (s & 1) * B * GH
         if busy:
             if s + 1 < S:   # dh of the rows still running after step s: dhw of step s+1 @ weight_hh
-                m = own_rows(steps.batch_sizes[s + 1], j0, dj)
+                m = own_rows(steps.batch_sizes[s + 1], &mine)
                 rgemm(m, n, K, dhw + ((s + 1) & 1) * B * GH + j0 * GH, dj * GH,
                       packed + sp.p0 * nr * K, dh + j0 * H + u0, dj * H, add_to_dh)
-            m = own_rows(steps.batch_sizes[s], j0, dj)
+            m = own_rows(steps.batch_sizes[s], &mine)
             backward_rows(cell, steps, s, m, j0, dj, H, GH, u0, n, gates, d, saved, h_prev, dy, lddy, dy_rows,
                           dh, dc, c_0)
         if cell == GRU_RESET_BEFORE:
@@ -1089,7 +1122,7 @@ cdef void backward_thread(
         if block_end and interrupt_stop(intr, tid, (S - s) // BACKWARD_BLOCK, barrier, &sense):
             return
     if busy:   # the gradient of the initial state
-        m = own_rows(steps.batch_sizes[0], j0, dj)
+        m = own_rows(steps.batch_sizes[0], &mine)
         rgemm(m, n, K, dhw + j0 * GH, dj * GH, packed + sp.p0 * nr * K, dh + j0 * H + u0, dj * H, add_to_dh)
 
 
