@@ -310,34 +310,42 @@ cdef bint share_rows(int nt, Py_ssize_t B, Py_ssize_t packed_hh_bytes) noexcept:
     return nt > 1 and B >= ROWS_PER_THREAD * nt and packed_hh_bytes <= L2_BYTES
 
 
-# A thread's rows of the batch: j0, j0 + dj, ... below j1.  Sharing the rows
-# of a full batch, each thread takes a block of consecutive rows; of a ragged
-# one (longest sequences first), every nt-th row, so that each thread keeps
-# about as many rows as the others while sequences end.  Blocks, not every
-# other row, where they can: measured on a Sapphire Rapids VM, 2 threads, a C
-# model of the RNN's step loop at B=32, H=128 1.09-1.17x faster; the layers,
-# side by side, forwards 1.02-1.35x at B=8 and B=32, forward+backward
-# 1.09-1.18x, the RNN at B=64, H=512 1.12-1.16x.  (The likely cause: the
-# cores' prefetchers fetch whole neighbourhoods of a row, so each core pulled
-# in the rows the other one writes.)
+# A thread's rows of the batch, sharing the rows: a block of consecutive
+# rows [j0, j1), the blocks split where their sequences hold about as many
+# steps each (a ragged batch, longest sequences first, gives fewer rows to
+# the first thread).  Blocks, not every other row: measured on a Sapphire
+# Rapids VM, 2 threads, a C model of the RNN's step loop at B=32, H=128
+# 1.09-1.17x faster; the layers, side by side, forwards 1.02-1.35x at B=8
+# and B=32, forward+backward 1.09-1.19x, the RNN at B=64, H=512 1.12-1.16x,
+# a ragged batch at B=32 1.13-1.39x (the LSTM forward 0.90-1.04x).
+# (The likely cause: the cores' prefetchers fetch whole neighbourhoods of a
+# row, so each core pulled in the rows the other one writes.)
 cdef struct Rows:
-    Py_ssize_t j0, dj, j1
+    Py_ssize_t j0, j1
 
 
-cdef inline Rows thread_rows(bint by_rows, bint full, int tid, int nt, Py_ssize_t B) noexcept nogil:
+cdef inline Py_ssize_t row_split(const Steps *steps, Py_ssize_t B, Py_ssize_t N, int t, int nt) noexcept nogil:
+    """The first row whose rows before it hold at least t / nt of the N steps."""
+    cdef Py_ssize_t j = 0, done = 0
+    while j < B and done * nt < t * N:
+        done += steps.lengths[j]
+        j += 1
+    return j
+
+
+cdef inline Rows thread_rows(bint by_rows, const Steps *steps, int tid, int nt, Py_ssize_t B) noexcept nogil:
     cdef Rows rows
-    rows.j0, rows.dj, rows.j1 = 0, 1, B
-    if by_rows and full:
-        rows.j0, rows.j1 = tid * B // nt, (tid + 1) * B // nt
-    elif by_rows:
-        rows.j0, rows.dj = tid, nt
+    cdef Py_ssize_t N = steps.offsets[steps.n_steps - 1] + steps.batch_sizes[steps.n_steps - 1]
+    rows.j0, rows.j1 = 0, B
+    if by_rows:
+        rows.j0, rows.j1 = row_split(steps, B, N, tid, nt), row_split(steps, B, N, tid + 1, nt)
     return rows
 
 
 cdef inline Py_ssize_t own_rows(Py_ssize_t rows, const Rows *mine) noexcept nogil:
     """How many of a thread's rows are below `rows`."""
     cdef Py_ssize_t end = rows if rows < mine.j1 else mine.j1
-    return (end - mine.j0 + mine.dj - 1) // mine.dj if end > mine.j0 else 0
+    return end - mine.j0 if end > mine.j0 else 0
 
 
 cdef int team_size(double flops, double flops_per_step, int n_threads, Py_ssize_t H, Py_ssize_t nr,
@@ -450,7 +458,7 @@ def _raise_pending():
 # --- forward ------------------------------------------------------------------
 
 cdef void forward_rows(
-        int cell, const Steps *steps, Py_ssize_t s, Py_ssize_t m, Py_ssize_t j0, Py_ssize_t dj,
+        int cell, const Steps *steps, Py_ssize_t s, Py_ssize_t m, Py_ssize_t j0,
         Py_ssize_t H, Py_ssize_t G, Py_ssize_t W, Py_ssize_t u0, Py_ssize_t n, Py_ssize_t gw,
         floating *y, Py_ssize_t ldy, const Py_ssize_t *y_rows, floating *xw, Py_ssize_t ldx, floating *hw,
         const floating *b_hn, const floating *hp, floating *hn, floating *c, const floating *rh,
@@ -460,24 +468,24 @@ cdef void forward_rows(
     kept the row pointers of all of them (some 45, most on the stack, each
     advanced at every row: a third of the pass at B=32, H=128)."""
     if cell == LSTM:
-        forward_rows_of(LSTM, steps, s, m, j0, dj, H, G, W, u0, n, gw, y, ldy, y_rows, xw, ldx, hw, b_hn, hp, hn,
+        forward_rows_of(LSTM, steps, s, m, j0, H, G, W, u0, n, gw, y, ldy, y_rows, xw, ldx, hw, b_hn, hp, hn,
                         c, rh, gates, saved, h_prev)
     elif cell == GRU:
-        forward_rows_of(GRU, steps, s, m, j0, dj, H, G, W, u0, n, gw, y, ldy, y_rows, xw, ldx, hw, b_hn, hp, hn,
+        forward_rows_of(GRU, steps, s, m, j0, H, G, W, u0, n, gw, y, ldy, y_rows, xw, ldx, hw, b_hn, hp, hn,
                         c, rh, gates, saved, h_prev)
     elif cell == GRU_RESET_BEFORE:
-        forward_rows_of(GRU_RESET_BEFORE, steps, s, m, j0, dj, H, G, W, u0, n, gw, y, ldy, y_rows, xw, ldx, hw,
+        forward_rows_of(GRU_RESET_BEFORE, steps, s, m, j0, H, G, W, u0, n, gw, y, ldy, y_rows, xw, ldx, hw,
                         b_hn, hp, hn, c, rh, gates, saved, h_prev)
     elif cell == RNN_RELU:
-        forward_rows_of(RNN_RELU, steps, s, m, j0, dj, H, G, W, u0, n, gw, y, ldy, y_rows, xw, ldx, hw, b_hn,
+        forward_rows_of(RNN_RELU, steps, s, m, j0, H, G, W, u0, n, gw, y, ldy, y_rows, xw, ldx, hw, b_hn,
                         hp, hn, c, rh, gates, saved, h_prev)
     else:
-        forward_rows_of(RNN_TANH, steps, s, m, j0, dj, H, G, W, u0, n, gw, y, ldy, y_rows, xw, ldx, hw, b_hn,
+        forward_rows_of(RNN_TANH, steps, s, m, j0, H, G, W, u0, n, gw, y, ldy, y_rows, xw, ldx, hw, b_hn,
                         hp, hn, c, rh, gates, saved, h_prev)
 
 
 cdef inline void forward_rows_of(
-        int cell, const Steps *steps, Py_ssize_t s, Py_ssize_t m, Py_ssize_t j0, Py_ssize_t dj,
+        int cell, const Steps *steps, Py_ssize_t s, Py_ssize_t m, Py_ssize_t j0,
         Py_ssize_t H, Py_ssize_t G, Py_ssize_t W, Py_ssize_t u0, Py_ssize_t n, Py_ssize_t gw,
         floating *y, Py_ssize_t ldy,       # (., ldy) OUT h of every row and step
         const Py_ssize_t *y_rows,          # (N) IN row of y for each packed row; NULL: the same
@@ -495,14 +503,14 @@ cdef inline void forward_rows_of(
         floating *saved,                   # (N, H) OUT as in forward_thread, when training
         floating *h_prev) noexcept nogil:  # (N, H) OUT as in forward_thread; NULL when not training
     """The pointwise pass of step s over this thread's m rows of it (rows j0,
-    j0 + dj, ...) and its units [u0, u0 + n), and what backward keeps."""
+    j0, j0 + 1, ...) and its units [u0, u0 + n), and what backward keeps."""
     cdef Py_ssize_t i, j, r, g, GH = G * H
     cdef size_t row_bytes = n * sizeof(floating)
     cdef floating *yrow
     cdef floating *xrow
     cdef floating *hrow
     for i in range(m):
-        j = j0 + i * dj
+        j = j0 + i
         r = row_at(steps, s, j)
         yrow = y + (y_rows[r] if y_rows != NULL else r) * ldy + u0
         xrow = xw + i * ldx
@@ -570,10 +578,10 @@ cdef void forward_thread(
     cdef Split sp = split_units(H, G, nr, 0 if by_rows else tid, 1 if by_rows else nt)
     cdef Split pk = split_units(H, G, nr, tid, nt)
     cdef Py_ssize_t u0 = sp.u0, n = sp.u1 - sp.u0, gw = sp.width, col = sp.col
-    cdef Py_ssize_t g, u, i, j, r, s, s0, s1, rows, q, m, pc, lda
+    cdef Py_ssize_t g, u, i, j, r, s, s0, s1, rows, q, m, pc
     cdef bint last_first
-    cdef Rows mine = thread_rows(by_rows, steps.batch_sizes[S - 1] == B, tid, nt, B)
-    cdef Py_ssize_t j0 = mine.j0, dj = mine.dj
+    cdef Rows mine = thread_rows(by_rows, steps, tid, nt, B)
+    cdef Py_ssize_t j0 = mine.j0
     cdef size_t row_bytes = n * sizeof(floating)
     cdef floating *hp
     cdef floating *hn
@@ -581,12 +589,11 @@ cdef void forward_thread(
     cdef int sense = 0
     cdef bint busy = n > 0
     cdef Py_ssize_t block = 0
-    # training, each thread on its own block of rows of whole steps: the
-    # input product goes straight to their rows of `gates` and the pointwise
+    # training, each thread on its own block of rows: the input product of
+    # each step goes straight to their rows of `gates` and the pointwise
     # pass activates the gates in place, rather than in xw and then copied
     # (H a multiple of the panel width: no padding columns)
-    cdef bint direct = (gates != NULL and by_rows and G * gw == GH and not steps.reverse
-                        and steps.batch_sizes[S - 1] == B)
+    cdef bint direct = gates != NULL and by_rows and G * gw == GH and not steps.reverse
     cdef Py_ssize_t ldx = GH if direct else W
     cdef floating *xs
 
@@ -607,7 +614,7 @@ cdef void forward_thread(
                     bias[pc + u] = b_ih[g * H + pk.u0 + u] + b_hh[g * H + pk.u0 + u]
     if busy:
         for i in range(own_rows(B, &mine)):
-            j = j0 + i * dj
+            j = j0 + i
             memcpy(hbuf + j * H + u0, h_0 + j * H + u0, row_bytes)
     fr_barrier_wait(barrier, &sense)    # the packed weights and h_0 are in place
 
@@ -620,9 +627,9 @@ cdef void forward_thread(
         while s1 < S and rows + own_rows(steps.batch_sizes[s1], &mine) <= chunk:
             rows += own_rows(steps.batch_sizes[s1], &mine)
             s1 += 1
-        if busy and by_rows and dj == 1 and x_rows == NULL and not steps.reverse:
-            # a block of rows of whole steps: consecutive rows of x at each
-            # step, a product per step (direct: col is 0 and G * gw is GH)
+        if busy and by_rows and x_rows == NULL and not steps.reverse:
+            # a block of rows: consecutive rows of x at each step, a product
+            # per step (direct: col is 0 and G * gw is GH)
             q = 0
             for s in range(s0, s1):
                 m = own_rows(steps.batch_sizes[s], &mine)
@@ -630,24 +637,17 @@ cdef void forward_thread(
                       gates + (steps.offsets[s] + j0) * GH if direct else xw + q * W + col, ldx, False, bias + col)
                 q += m
         elif busy:
-            if x_rows == NULL and not steps.reverse and (not by_rows or (steps.batch_sizes[s1 - 1] == B
-                                                                       and B % dj == 0)):
-                # consecutive rows of x; or, every nt-th row of whole steps of
-                # B rows, a multiple of the threads: one stride apart (the
-                # gather's copies were 3.5% of a profile of the RNN forward at
-                # B=32, H=128; timed without them, 1.00-1.03x, within the noise)
-                a = x + (steps.offsets[s0] + j0) * I
-                lda = dj * I
+            if x_rows == NULL and not steps.reverse and not by_rows:   # consecutive rows of x
+                a = x + steps.offsets[s0] * I
             else:   # gather them
-                lda = I
                 q = 0
                 for s in range(s0, s1):
                     for i in range(own_rows(steps.batch_sizes[s], &mine)):
-                        r = row_at(steps, s, j0 + i * dj)
+                        r = row_at(steps, s, j0 + i)
                         memcpy(xg + q * I, x + (x_rows[r] if x_rows != NULL else r) * I, I * sizeof(floating))
                         q += 1
                 a = xg
-            rgemm(rows, G * gw, I, a, lda, packed_ih + col * I, xw + col, W, False, bias + col)
+            rgemm(rows, G * gw, I, a, I, packed_ih + col * I, xw + col, W, False, bias + col)
         q = 0
         for s in range(s0, s1):
             rows = steps.batch_sizes[s]
@@ -667,23 +667,23 @@ cdef void forward_thread(
             last_first = s & 1
             if cell == GRU_RESET_BEFORE:   # the n gate's product needs r * h of every unit
                 if busy:
-                    rgemm(m, 2 * gw, H, hp + j0 * H, dj * H, packed_hh + col * H, xs, ldx, True, NULL, last_first)
+                    rgemm(m, 2 * gw, H, hp + j0 * H, H, packed_hh + col * H, xs, ldx, True, NULL, last_first)
                     for i in range(m):
-                        j = j0 + i * dj
+                        j = j0 + i
                         gru_reset_before_reset_step(n, gw, xs + i * ldx, hp + j * H + u0, rh + j * H + u0)
                 if not by_rows:
                     fr_barrier_wait(barrier, &sense)    # every thread's share of r * h is in place
                 if busy:
-                    rgemm(m, gw, H, rh + j0 * H, dj * H, packed_hh + (col + 2 * gw) * H, xs + 2 * gw, ldx, True,
+                    rgemm(m, gw, H, rh + j0 * H, H, packed_hh + (col + 2 * gw) * H, xs + 2 * gw, ldx, True,
                           NULL, last_first)
             elif cell == GRU and busy:   # r and z, then n
-                rgemm(m, 2 * gw, H, hp + j0 * H, dj * H, packed_hh + col * H, xs, ldx, True, NULL, last_first)
-                rgemm(m, gw, H, hp + j0 * H, dj * H, packed_hh + (col + 2 * gw) * H, hw + j0 * W + col + 2 * gw,
-                      dj * W, False, NULL, last_first)
+                rgemm(m, 2 * gw, H, hp + j0 * H, H, packed_hh + col * H, xs, ldx, True, NULL, last_first)
+                rgemm(m, gw, H, hp + j0 * H, H, packed_hh + (col + 2 * gw) * H, hw + j0 * W + col + 2 * gw,
+                      W, False, NULL, last_first)
             elif busy:
-                rgemm(m, G * gw, H, hp + j0 * H, dj * H, packed_hh + col * H, xs, ldx, True, NULL, last_first)
+                rgemm(m, G * gw, H, hp + j0 * H, H, packed_hh + col * H, xs, ldx, True, NULL, last_first)
             if busy:
-                forward_rows(cell, steps, s, m, j0, dj, H, G, W, u0, n, gw, y, ldy, y_rows, xs, ldx,
+                forward_rows(cell, steps, s, m, j0, H, G, W, u0, n, gw, y, ldy, y_rows, xs, ldx,
                              hw + col, bias + W + col, hp, hn, c, rh, NULL if direct else gates, saved, h_prev)
             q += m
             if not by_rows:
@@ -697,7 +697,7 @@ cdef void forward_thread(
 
     if busy:   # each row's state after its own last step
         for i in range(own_rows(B, &mine)):
-            j = j0 + i * dj
+            j = j0 + i
             memcpy(h_n + j * H + u0, hbuf + (steps.lengths[j] & 1) * B * H + j * H + u0, row_bytes)
 
 
@@ -989,31 +989,31 @@ cdef Py_ssize_t BACKWARD_BLOCK = 64   # steps between two chances to check for C
 
 
 cdef void backward_rows(
-        int cell, const Steps *steps, Py_ssize_t s, Py_ssize_t m, Py_ssize_t j0, Py_ssize_t dj,
+        int cell, const Steps *steps, Py_ssize_t s, Py_ssize_t m, Py_ssize_t j0,
         Py_ssize_t H, Py_ssize_t GH, Py_ssize_t u0, Py_ssize_t n, floating *gates, floating *d,
         floating *saved, const floating *h_prev, const floating *dy, Py_ssize_t lddy, const Py_ssize_t *dy_rows,
         floating *dh, floating *dc, const floating *c_0) noexcept nogil:
     """The pointwise backward of step s (backward_rows_of), with the cell a
     constant in each copy of the row loop, as forward_rows."""
     if cell == LSTM:
-        backward_rows_of(LSTM, steps, s, m, j0, dj, H, GH, u0, n, gates, d, saved, h_prev, dy, lddy, dy_rows,
+        backward_rows_of(LSTM, steps, s, m, j0, H, GH, u0, n, gates, d, saved, h_prev, dy, lddy, dy_rows,
                          dh, dc, c_0)
     elif cell == GRU:
-        backward_rows_of(GRU, steps, s, m, j0, dj, H, GH, u0, n, gates, d, saved, h_prev, dy, lddy, dy_rows,
+        backward_rows_of(GRU, steps, s, m, j0, H, GH, u0, n, gates, d, saved, h_prev, dy, lddy, dy_rows,
                          dh, dc, c_0)
     elif cell == GRU_RESET_BEFORE:
-        backward_rows_of(GRU_RESET_BEFORE, steps, s, m, j0, dj, H, GH, u0, n, gates, d, saved, h_prev, dy, lddy,
+        backward_rows_of(GRU_RESET_BEFORE, steps, s, m, j0, H, GH, u0, n, gates, d, saved, h_prev, dy, lddy,
                          dy_rows, dh, dc, c_0)
     elif cell == RNN_RELU:
-        backward_rows_of(RNN_RELU, steps, s, m, j0, dj, H, GH, u0, n, gates, d, saved, h_prev, dy, lddy,
+        backward_rows_of(RNN_RELU, steps, s, m, j0, H, GH, u0, n, gates, d, saved, h_prev, dy, lddy,
                          dy_rows, dh, dc, c_0)
     else:
-        backward_rows_of(RNN_TANH, steps, s, m, j0, dj, H, GH, u0, n, gates, d, saved, h_prev, dy, lddy,
+        backward_rows_of(RNN_TANH, steps, s, m, j0, H, GH, u0, n, gates, d, saved, h_prev, dy, lddy,
                          dy_rows, dh, dc, c_0)
 
 
 cdef inline void backward_rows_of(
-        int cell, const Steps *steps, Py_ssize_t s, Py_ssize_t m, Py_ssize_t j0, Py_ssize_t dj,
+        int cell, const Steps *steps, Py_ssize_t s, Py_ssize_t m, Py_ssize_t j0,
         Py_ssize_t H, Py_ssize_t GH, Py_ssize_t u0, Py_ssize_t n,
         floating *gates,                   # (N, G*H) INOUT as in backward_thread
         floating *d,                       # (B, G*H) OUT dhw of the step
@@ -1029,7 +1029,7 @@ cdef inline void backward_rows_of(
     cdef const floating *c_prev
     cdef const floating *dyrow
     for i in range(m):
-        j = j0 + i * dj
+        j = j0 + i
         r = row_at(steps, s, j)
         dyrow = dy + (dy_rows[r] if dy_rows != NULL else r) * lddy + u0
         if cell == LSTM:
@@ -1075,8 +1075,8 @@ cdef void backward_thread(
     cdef Split sp = split_units(H, G, nr, 0 if by_rows else tid, 1 if by_rows else nt)
     cdef Split pk = split_units(H, G, nr, tid, nt)   # the panels this thread packs
     cdef Py_ssize_t u0 = sp.u0, n = sp.u1 - sp.u0
-    cdef Rows mine = thread_rows(by_rows, steps.batch_sizes[S - 1] == B, tid, nt, B)
-    cdef Py_ssize_t j0 = mine.j0, dj = mine.dj
+    cdef Rows mine = thread_rows(by_rows, steps, tid, nt, B)
+    cdef Py_ssize_t j0 = mine.j0
     cdef Py_ssize_t s, i, j, r, m
     cdef floating *d
     cdef int sense = 0
@@ -1095,19 +1095,19 @@ cdef void backward_thread(
         if busy:
             if s + 1 < S:   # dh of the rows still running after step s: dhw of step s+1 @ weight_hh
                 m = own_rows(steps.batch_sizes[s + 1], &mine)
-                rgemm(m, n, K, dhw + ((s + 1) & 1) * B * GH + j0 * GH, dj * GH,
-                      packed + sp.p0 * nr * K, dh + j0 * H + u0, dj * H, add_to_dh)
+                rgemm(m, n, K, dhw + ((s + 1) & 1) * B * GH + j0 * GH, GH,
+                      packed + sp.p0 * nr * K, dh + j0 * H + u0, H, add_to_dh)
             m = own_rows(steps.batch_sizes[s], &mine)
-            backward_rows(cell, steps, s, m, j0, dj, H, GH, u0, n, gates, d, saved, h_prev, dy, lddy, dy_rows,
+            backward_rows(cell, steps, s, m, j0, H, GH, u0, n, gates, d, saved, h_prev, dy, lddy, dy_rows,
                           dh, dc, c_0)
         if cell == GRU_RESET_BEFORE:
             if not by_rows:
                 fr_barrier_wait(barrier, &sense)    # every thread's share of dn is in place
             if busy:   # d(r * h) = dn @ W_hn, then dr
-                rgemm(m, n, H, d + j0 * GH + 2 * H, dj * GH, packed_hn + sp.p0 * nr * H, drh + j0 * H + u0,
-                      dj * H, False)
+                rgemm(m, n, H, d + j0 * GH + 2 * H, GH, packed_hn + sp.p0 * nr * H, drh + j0 * H + u0,
+                      H, False)
                 for i in range(m):
-                    j = j0 + i * dj
+                    j = j0 + i
                     r = row_at(steps, s, j)
                     gru_reset_before_reset_backward_step(n, H, gates + r * GH + u0, d + j * GH + u0,
                                                          drh + j * H + u0, h_prev + r * H + u0, dh + j * H + u0)
@@ -1123,7 +1123,7 @@ cdef void backward_thread(
             return
     if busy:   # the gradient of the initial state
         m = own_rows(steps.batch_sizes[0], &mine)
-        rgemm(m, n, K, dhw + j0 * GH, dj * GH, packed + sp.p0 * nr * K, dh + j0 * H + u0, dj * H, add_to_dh)
+        rgemm(m, n, K, dhw + j0 * GH, GH, packed + sp.p0 * nr * K, dh + j0 * H + u0, H, add_to_dh)
 
 
 def backward(int cell,

@@ -39,13 +39,15 @@ def run_everything(mode, dtype, threads, lengths, B, bidirectional, H=40):
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-# B >= 4 per thread: the threads share the rows (12, 13); fewer: the units.
-# H a multiple of the panel width (32 floats, 16 doubles with AVX-512) and
-# whole steps of rows: on 2 threads, training projects x straight into the
-# kept gates (forward_thread's `direct`)
+# B >= 4 per thread: the threads share the rows (12, 13), in blocks split by
+# the steps they hold (a ragged batch: fewer rows to the first thread); fewer:
+# the units.  H a multiple of the panel width (32 floats, 16 doubles with
+# AVX-512): on 2 and 3 threads, training projects x straight into the kept
+# gates (forward_thread's `direct`)
 @pytest.mark.parametrize("B,ragged,bidirectional,H", [(12, False, False, 40), (13, True, True, 40),
                                                        (5, True, True, 40), (7, False, True, 40),
-                                                       (1, False, False, 40), (12, False, True, 64)])
+                                                       (1, False, False, 40), (12, False, True, 64),
+                                                       (13, True, False, 64)])
 def test_bitwise_identical_across_thread_counts(restore_threads, mode, dtype, B, ragged, bidirectional, H):
     lengths = np.random.default_rng(B).integers(1, 41, size=B) if ragged else None
     runs = [run_everything(mode, dtype, n, lengths, B, bidirectional, H) for n in (1, 2, 3)]
