@@ -28,14 +28,15 @@
 # (share_rows).  Sharing the rows (at least 4 each, weight_hh small enough for
 # a core's cache; a block of consecutive rows each, see thread_rows), each
 # thread runs its rows through every step with all the units, projecting its
-# own rows of x too: the threads meet once, when the weights are packed.  Sharing the units (whole panels each), every thread
-# computes its units' gates for every row, so each product keeps all the
-# batch's rows and each thread reads only its share of the weights (what
-# large weights and small batches need); a spin barrier (csrc/barrier.h) ends
-# each step.  The products over all rows of the backward are cut into tiles
-# of output rows, which the threads take in turn.  Every output element of
-# a product is computed by the same sequence of operations whichever thread,
-# tile or kernel shape it falls in, so results are bitwise identical for any
+# own rows of x too: the threads meet once, when the weights are packed.
+# Sharing the units (whole panels each), every thread computes its units'
+# gates for every row, so each product keeps all the batch's rows and each
+# thread reads only its share of the weights (what large weights and small
+# batches need); a spin barrier (csrc/barrier.h) ends each step.  The
+# products over all rows of the backward are cut into tiles of output rows,
+# which the threads take in turn.  Every output element of a product is
+# computed by the same sequence of operations whichever thread, tile or
+# kernel shape it falls in, so results are bitwise identical for any
 # number of threads and either way of sharing.
 #
 # The Python wrappers validate nothing: fastrnn.layers does that, and
@@ -749,8 +750,8 @@ def forward(int cell,
     # step's, whatever team OpenMP gives
     cdef Py_ssize_t chunk = max(CHUNK_ROWS, B), n_xw = nt if by_rows else 1
     # each thread gathers the rows it projects for itself, unless they are
-    # consecutive in x (every row of a step forwards)
-    cdef Py_ssize_t xg_size = chunk * I if reverse or by_rows or x_rows is not None else 0, f = sizeof(floating)
+    # consecutive in x at each step (forwards, x packed)
+    cdef Py_ssize_t xg_size = chunk * I if reverse or x_rows is not None else 0, f = sizeof(floating)
     # the GRU's n gate (every other step product goes into xw)
     cdef Py_ssize_t hw_size = B * W if cell == GRU else 0
     cdef Scratch scratch = Scratch(padded(W * I * f) + padded(W * H * f) + padded(2 * W * f)
