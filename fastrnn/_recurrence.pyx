@@ -295,20 +295,25 @@ cdef double _last_call_end = -1.0
 # but reads all of the packed weight_hh at every step.  Measured, 2 threads,
 # forward: 12-14% faster at B=32, H=128 and 31-37% at B=8 than sharing the
 # units (Zen 3).  So the units are shared where weight_hh is larger than a
-# core's L2: each thread then reads only its share at every step, from L2
-# where the share fits, and from L3 otherwise, where sharing the rows would
-# have both cores stream all of it (twice the traffic, for half the rows per
-# thread).  Measured on Zen 3 (512 KB L2), in one process against sharing the
-# rows: LSTM at B=16, H=1024 (16 MB of weights) forward 1.18-1.24x,
-# forward+backward 1.18x; GRU there 1.22x and 1.01x; B=64, H=512 0.95-1.14x
-# (an earlier measurement on Zen 4, 1 MB L2, had found sharing the rows
-# 0.94-1.10x at those sizes, the difference within its noise).
+# core's L2 and the rows are few: each thread then reads only its share at
+# every step, from L2 where the share fits, and from L3 otherwise, where
+# sharing the rows would have both cores stream all of it (twice the traffic,
+# for half the rows per thread).  Measured on Zen 3 (512 KB L2), in one
+# process against sharing the rows: LSTM at B=16, H=1024 (16 MB of weights)
+# forward 1.18-1.24x, forward+backward 1.18x; GRU there 1.22x and 1.01x; on a
+# Sapphire Rapids VM (2 MB L2) 1.30-1.38x forward.  With ROWS_BEYOND_L2 rows
+# each, enough work a step for every weight streamed from L3, the rows are
+# shared anyway: on that VM, B=64, H=512 (3-4 MB of weights), GRU and LSTM
+# forward 1.03-1.16x, forward+backward 1.04-1.07x against sharing the units
+# (Zen 3 had measured 0.95-1.14x there, Zen 4 0.94-1.10x, while the threads
+# took every other row rather than a block, see thread_rows).
 cdef Py_ssize_t ROWS_PER_THREAD = 4
+cdef Py_ssize_t ROWS_BEYOND_L2 = 32
 cdef Py_ssize_t L2_BYTES = fr_l2_cache_bytes() or 512 * 1024   # unknown: Zen 3's
 
 
 cdef bint share_rows(int nt, Py_ssize_t B, Py_ssize_t packed_hh_bytes) noexcept:
-    return nt > 1 and B >= ROWS_PER_THREAD * nt and packed_hh_bytes <= L2_BYTES
+    return nt > 1 and B >= ROWS_PER_THREAD * nt and (packed_hh_bytes <= L2_BYTES or B >= ROWS_BEYOND_L2 * nt)
 
 
 # A thread's rows of the batch, sharing the rows: a block of consecutive

@@ -57,12 +57,14 @@ def test_bitwise_identical_across_thread_counts(restore_threads, mode, dtype, B,
 
 
 @pytest.mark.parametrize("mode", ["LSTM", "GRU"])
-def test_bitwise_identical_with_weights_larger_than_l2(restore_threads, mode):
+@pytest.mark.parametrize("B", [8, 64])
+def test_bitwise_identical_with_weights_larger_than_l2(restore_threads, mode, B):
     """H=384: a packed weight_hh of 1.8-2.4 MB, which the threads share by
-    rows or by units depending on the L2 size of the machine (see
-    share_rows); either way, and across many panel groups, the same bits."""
+    rows or by units depending on the L2 size of the machine and the rows
+    each thread would get (see share_rows); either way, and across many
+    panel groups, the same bits."""
     rng = np.random.default_rng(3)
-    T, B, I, H = 4, 8, 16, 384
+    T, I, H = 4, 16, 384
     x = rng.standard_normal((T, B, I)).astype(np.float32)
     dy = rng.standard_normal((T, B, H)).astype(np.float32)
     runs = []
