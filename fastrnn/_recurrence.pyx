@@ -619,8 +619,7 @@ cdef void forward_thread(
                 else:
                     bias[pc + u] = b_ih[g * H + pk.u0 + u] + b_hh[g * H + pk.u0 + u]
     if busy:
-        for i in range(own_rows(B, &mine)):
-            j = j0 + i
+        for j in range(mine.j0, mine.j1):
             memcpy(hbuf + j * H + u0, h_0 + j * H + u0, row_bytes)
     fr_barrier_wait(barrier, &sense)    # the packed weights and h_0 are in place
 
@@ -702,8 +701,7 @@ cdef void forward_thread(
         s0 = s1
 
     if busy:   # each row's state after its own last step
-        for i in range(own_rows(B, &mine)):
-            j = j0 + i
+        for j in range(mine.j0, mine.j1):
             memcpy(h_n + j * H + u0, hbuf + (steps.lengths[j] & 1) * B * H + j * H + u0, row_bytes)
 
 
@@ -1112,8 +1110,7 @@ cdef void backward_thread(
             if busy:   # d(r * h) = dn @ W_hn, then dr
                 rgemm(m, n, H, d + j0 * GH + 2 * H, GH, packed_hn + sp.p0 * nr * H, drh + j0 * H + u0,
                       H, False)
-                for i in range(m):
-                    j = j0 + i
+                for j in range(j0, j0 + m):
                     r = row_at(steps, s, j)
                     gru_reset_before_reset_backward_step(n, H, gates + r * GH + u0, d + j * GH + u0,
                                                          drh + j * H + u0, h_prev + r * H + u0, dh + j * H + u0)
