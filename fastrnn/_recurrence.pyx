@@ -1130,7 +1130,7 @@ cdef void backward_thread(
 
 
 def backward(int cell,
-             floating[:, ::1] dx,                # (N, I) OUT, or INOUT when accumulate_dx
+             floating[:, ::1] dx,                # (N, I) OUT, or INOUT when accumulate_dx; may be x
              floating[:, ::1] dh_0,              # (B, H) OUT
              floating[:, ::1] dc_0,              # (B, H) OUT LSTM, else (0, H)
              floating[:, ::1] dweight_ih,        # (G*H, I) INOUT
@@ -1220,9 +1220,6 @@ def backward(int cell,
     with nogil:
         if has_bias:
             memset(sums, 0, (GH + H) * sizeof(double))
-        # dx = dxw @ weight_ih
-        pack_columns(packed_w_ih, &weight_ih[0, 0], I, I, GH, n_threads)
-        rows_product(&dx[0, 0], I, &gates[0, 0], GH, packed_w_ih, N, I, GH, accumulate_dx, n_threads)
         # dweight_ih += dxw.T @ x ; dweight_hh += dhw.T @ h_prev
         weight_grads(&dweight_ih[0, 0], &dweight_hh[0, 0], &dweight_hh[2 * H, 0] if cell == GRU else NULL,
                      &gates[0, 0], GH, GH, GH_direct, saved_ptr if cell == GRU else NULL,
@@ -1230,6 +1227,9 @@ def backward(int cell,
         if cell == GRU_RESET_BEFORE:   # dweight_hn += dn.T @ (r * h)
             weight_grads(&dweight_hh[2 * H, 0], NULL, NULL, &gates[0, 2 * H], GH, H, 0, NULL,
                          saved_ptr, H, NULL, 0, N, NULL, packed_h, NULL, gt, n_threads)
+        # dx = dxw @ weight_ih, last: x is read no more, so dx may be x itself
+        pack_columns(packed_w_ih, &weight_ih[0, 0], I, I, GH, n_threads)
+        rows_product(&dx[0, 0], I, &gates[0, 0], GH, packed_w_ih, N, I, GH, accumulate_dx, n_threads)
         if has_bias:
             for c in range(GH):
                 dbias_ih[c] += <floating>sums[c]

@@ -466,20 +466,26 @@ class _RNNBase(Module):
         self._tape = None
         threads, no_rows = get_num_threads(), self._no_rows
         # every buffer first, so that a call too big for memory fails before any gradient changes:
-        # the input gradient of each layer, the layers above the first taking two buffers in turn
+        # the input gradient of each layer.  With one direction, a layer's input gradient is written
+        # over its input (the tape's own copy, read last by the weight gradients; measured: RNN at
+        # B=64, T=50, I=H=512, 6.5 MB less at the peak of forward+backward); with two, whose
+        # second direction still reads the input after the first one's dx, the layers above the
+        # first take two buffers in turn
         try:
             dh_0 = np.empty((L * D, B, H), dtype=dtype)
             dc_0 = np.empty_like(dh_0) if is_lstm else None
-            dxs = [np.empty_like(tape.layers[0][0])] + [np.empty((packing.N, D * H), dtype=dtype)
-                                                        for _ in range(min(L - 1, 2))]
+            dxs = [] if D == 1 else [np.empty_like(tape.layers[0][0])] + [
+                np.empty((packing.N, D * H), dtype=dtype) for _ in range(min(L - 1, 2))]
         except MemoryError:
-            count = packing.N * (tape.layers[0][0].shape[1] + min(L - 1, 2) * D * H)
+            count = (1 + is_lstm) * L * D * B * H
+            if D > 1:
+                count += packing.N * (tape.layers[0][0].shape[1] + min(L - 1, 2) * D * H)
             self._tape = tape   # unused: backward can be called again
             raise MemoryError(f"{type(self).__name__}.backward needs {_size(count * dtype.itemsize)} for the "
                               "input gradients; nothing was computed, the gradients are unchanged") from None
         for layer in reversed(range(L)):
             inp, directions, _ = tape.layers[layer]
-            dx = dxs[0] if layer == 0 else dxs[1 + (layer - 1) % 2]
+            dx = inp if D == 1 else dxs[0] if layer == 0 else dxs[1 + (layer - 1) % 2]
             for d in range(D):
                 i = layer * D + d
                 gates, saved, h_prev = directions[d]

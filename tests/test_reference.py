@@ -244,7 +244,8 @@ def test_inputs_of_other_dtypes_and_layouts_are_converted():
 
 def test_backward_reads_private_copies():
     """Changing the input or the returned output in place between forward and
-    backward must not change the gradients."""
+    backward must not change the gradients; and backward, which writes the
+    input gradient over its own copy of the input, leaves the input alone."""
     rng = np.random.default_rng(8)
     x = rng.standard_normal((5, 3, 4))
     dy = rng.standard_normal((5, 3, 6))
@@ -256,8 +257,11 @@ def test_backward_reads_private_copies():
         xa[:] = 0
         ya[:] = 7
         dxa = backward_layer(a, dy, None)[0]
-        run_layer(b, x)
+        xb = x.astype(b.dtype)   # the layer's own dtype: no conversion, so the copy is the input's
+        run_layer(b, xb)
         dxb = backward_layer(b, dy, None)[0]
+        np.testing.assert_array_equal(xb, x.astype(b.dtype))
+        assert not np.shares_memory(dxb, xb)
         np.testing.assert_array_equal(dxa, dxb)
         for k in a.grads:
             np.testing.assert_array_equal(a.grads[k], b.grads[k])
