@@ -230,26 +230,38 @@ def set_threads(n: int) -> None:
     os.environ["OMP_NUM_THREADS"] = str(n)
 
 
-def sgemm_ceiling(seconds: float = 1.0, n: int = 2048, repeats: int = 3) -> float:
-    """GFLOP/s of a plain large float32 matrix product (NumPy's BLAS): the
-    machine's ceiling for an RNN, whose work is matrix products.  Median of
-    the products timed in `seconds`, at least `repeats` of them."""
+def product_gflops(product, n: int, seconds: float, repeats: int) -> float:
+    """GFLOP/s of `product` (an n x n by n x n float32 matrix product): the
+    median of the products timed in `seconds`, at least `repeats` of them."""
     import time
-    rng = np.random.default_rng(0)
-    a, b = rng.standard_normal((n, n), dtype=np.float32), rng.standard_normal((n, n), dtype=np.float32)
-    a @ b
+    product()
     times, start = [], time.perf_counter()
     while time.perf_counter() - start < seconds or len(times) < repeats:
         t0 = time.perf_counter()
-        a @ b
+        product()
         times.append(time.perf_counter() - t0)
     return 2.0 * n ** 3 / float(np.median(times)) / 1e9
 
 
+def sgemm_ceilings(seconds: float = 1.0, n: int = 2048, repeats: int = 3) -> dict:
+    """GFLOP/s of a plain large float32 matrix product, by NumPy's BLAS and by
+    fastrnn's own product (nn.Linear without bias): the machine's ceiling for
+    an RNN, whose work is matrix products, is the faster of the two.  (Both
+    are read because NumPy's OpenBLAS may not use the CPU's widest vectors:
+    on a Zen 5 it runs its Haswell kernels, AVX2, at about half of what the
+    cores' AVX-512 FMAs can do.)"""
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((n, n), dtype=np.float32), rng.standard_normal((n, n), dtype=np.float32)
+    linear = fastrnn.nn.Linear(n, n, bias=False)
+    return {"numpy": product_gflops(lambda: a @ b, n, seconds / 2, repeats),
+            "fastrnn": product_gflops(lambda: linear(a), n, seconds / 2, repeats)}
+
+
 def probe_gflops() -> float:
-    """One 1024^3 product (2.1 GFLOP: 10-30 ms on 2 threads here): a quick reading of how
-    much of the machine is there now."""
-    return sgemm_ceiling(0.0, n=1024, repeats=1)
+    """One 1024^3 product by NumPy's BLAS (2.1 GFLOP: 10-30 ms on 2 threads
+    here): a quick reading of how much of the machine is there now."""
+    a = np.ones((1024, 1024), dtype=np.float32)
+    return product_gflops(lambda: a @ a, 1024, 0.0, 1)
 
 
 def have(module: str) -> bool:

@@ -14,13 +14,22 @@ def fmt_ratio(v):
     return "-" if v is None else f"{v:.2f}"
 
 
+def ceiling_source(r) -> str:
+    """Which library's product set the ceiling, and the other's range."""
+    parts = r.get("ceiling_readings_by_library")
+    if not parts:
+        return "NumPy's OpenBLAS"
+    ranges = {k: (min(p[k] for p in parts), max(p[k] for p in parts)) for k in parts[0]}
+    return "the faster of " + " and ".join(f"{k} ({lo:.0f}-{hi:.0f})" for k, (lo, hi) in ranges.items())
+
+
 def main(path):
     with open(path) as f:
         r = json.load(f)
     m = r["machine"]
     print(f"Machine: {m['cpu']}, {m['cores']} cores, {m['threads']} threads; Python {m['python']}, "
           f"NumPy {m['numpy']}, PyTorch {m.get('torch', '-')}, onnxruntime {m.get('onnxruntime', '-')}. "
-          f"Ceiling (2048^3 sgemm, NumPy's OpenBLAS, same run): {r['ceiling_gflops']:.0f} GFLOP/s at the start, "
+          f"Ceiling (2048^3 sgemm, same run, {ceiling_source(r)}): {r['ceiling_gflops']:.0f} GFLOP/s at the start, "
           f"{r.get('ceiling_gflops_end', float('nan')):.0f} at the end; the targets and fractions below use "
           f"{r.get('ceiling_gflops_used', r['ceiling_gflops']):.0f}, the highest of "
           f"{len(r.get('ceiling_readings', [0, 0]))} readings in the run. {r['flops']}.")
