@@ -14,9 +14,8 @@ scaling 1 vs 2 threads, and peak memory of forward+backward (each contender in
 its own process).  The ceiling is the GFLOP/s of a large plain sgemm measured
 in the same run (the faster of NumPy's BLAS and fastrnn's own product), at its
 start, after each cell's rows and at its end; the targets use the highest
-reading.  Each round of a row starts with a quick
-probe of the machine and waits out a slow spell of the VM (see
-wait_for_machine).
+reading.  Each round of a row starts with a quick probe of the machine and
+waits out a slow spell of the VM (see wait_for_machine).
 Writes <out>/compare.json and <out>/compare.png.
 """
 from __future__ import annotations
