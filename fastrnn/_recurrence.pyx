@@ -544,6 +544,32 @@ cdef inline void forward_rows_of(
                 memcpy(saved + r * H + u0, hn + j * H + u0, row_bytes)
 
 
+cdef void weights_product(Py_ssize_t m, Py_ssize_t ncols, Py_ssize_t K, const floating *a, Py_ssize_t lda,
+                          const floating *packed, const floating *w, Py_ssize_t H, Py_ssize_t u0, Py_ssize_t units,
+                          Py_ssize_t gw, floating *wbuf, floating *c, Py_ssize_t ldc, bint accumulate,
+                          const floating *bias, bint last_first) noexcept nogil:
+    """c (m, ncols) [+]= a (m, K) @ the first ncols columns of a thread's
+    packed weights [+ bias], as forward_thread packs them: gates of gw
+    columns, each the rows [g*H + u0, g*H + u0 + units) of w (., K), then
+    zeros.  Without wbuf, from `packed`; with it (a single step), from w
+    itself, each group of four panels packed into wbuf (4 panels of K)
+    just before its product reads it: the same kernels on the same panels,
+    so the same bits, but a step reads the weights once, where packing them
+    all first reads them, writes them and reads the copy back (measured:
+    packing was 67% of an LSTMCell step at B=1, H=1024)."""
+    if wbuf == NULL:
+        rgemm(m, ncols, K, a, lda, packed, c, ldc, accumulate, bias, last_first)
+        return
+    cdef Py_ssize_t nr = panel_width(<floating>0), P = ncols // nr, p, i, q, g, first
+    for p in range(0, P, 4):
+        q = min(4, P - p)
+        for i in range(q):
+            g = (p + i) * nr // gw                  # its gate, and its first unit in the gate
+            first = (p + i) * nr - g * gw
+            pack_rows(wbuf + i * nr * K, w + (g * H + u0 + first) * K, K, min(nr, units - first), K, 0, 1)
+        rgemm(m, q * nr, K, a, lda, wbuf, c + p * nr, ldc, accumulate, NULL if bias == NULL else bias + p * nr)
+
+
 cdef void forward_thread(
         int cell, const Steps *steps, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H, Py_ssize_t G,
         int tid, int nt, bint by_rows, fr_barrier *barrier,
@@ -571,6 +597,9 @@ cdef void forward_thread(
         floating *hw,                      # (B, W) scratch: the GRU's h @ weight_hh.T of the n gate, a step
         floating *rh,                      # (B, H) scratch: GRU_RESET_BEFORE's r * h of a step
         floating *xg,                      # (chunk, I) scratch of this thread: x rows gathered
+        floating *wbuf,                    # (4 * nr * max(I, H)) scratch of this thread, or NULL: a single
+                                           # step's products pack their panels as they go (weights_product),
+                                           # and packed_ih, packed_hh go unused
         Interrupt *intr) noexcept nogil:   # Ctrl-C: checked after each chunk of steps
     """Thread tid's part of the forward over the whole sequence.  Sharing the
     units (by_rows false): its share of the units, for every row and step,
@@ -606,8 +635,9 @@ cdef void forward_thread(
     if pk.u1 > pk.u0:   # this thread's panels of every gate (sharing the rows: of the whole layout)
         for g in range(G):
             pc = col + g * gw + (pk.p0 * nr if by_rows else 0)   # its first column of gate g
-            pack_rows(packed_ih + pc * I, w_ih + (g * H + pk.u0) * I, I, pk.u1 - pk.u0, I, 0, pk.width // nr)
-            pack_rows(packed_hh + pc * H, w_hh + (g * H + pk.u0) * H, H, pk.u1 - pk.u0, H, 0, pk.width // nr)
+            if wbuf == NULL:
+                pack_rows(packed_ih + pc * I, w_ih + (g * H + pk.u0) * I, I, pk.u1 - pk.u0, I, 0, pk.width // nr)
+                pack_rows(packed_hh + pc * H, w_hh + (g * H + pk.u0) * H, H, pk.u1 - pk.u0, H, 0, pk.width // nr)
             # both biases folded into the input product, but the GRU's b_hn,
             # which r multiplies: it goes to the second row of `bias`
             for u in range(pk.width):
@@ -652,7 +682,8 @@ cdef void forward_thread(
                         memcpy(xg + q * I, x + (x_rows[r] if x_rows != NULL else r) * I, I * sizeof(floating))
                         q += 1
                 a = xg
-            rgemm(rows, G * gw, I, a, I, packed_ih + col * I, xw + col, W, False, bias + col)
+            weights_product(rows, G * gw, I, a, I, packed_ih + col * I, w_ih, H, u0, n, gw, wbuf, xw + col, W,
+                            False, bias + col, False)
         q = 0
         for s in range(s0, s1):
             rows = steps.batch_sizes[s]
@@ -672,21 +703,24 @@ cdef void forward_thread(
             last_first = s & 1
             if cell == GRU_RESET_BEFORE:   # the n gate's product needs r * h of every unit
                 if busy:
-                    rgemm(m, 2 * gw, H, hp + j0 * H, H, packed_hh + col * H, xs, ldx, True, NULL, last_first)
+                    weights_product(m, 2 * gw, H, hp + j0 * H, H, packed_hh + col * H, w_hh, H, u0, n, gw, wbuf,
+                                    xs, ldx, True, NULL, last_first)
                     for i in range(m):
                         j = j0 + i
                         gru_reset_before_reset_step(n, gw, xs + i * ldx, hp + j * H + u0, rh + j * H + u0)
                 if not by_rows:
                     fr_barrier_wait(barrier, &sense)    # every thread's share of r * h is in place
                 if busy:
-                    rgemm(m, gw, H, rh + j0 * H, H, packed_hh + (col + 2 * gw) * H, xs + 2 * gw, ldx, True,
-                          NULL, last_first)
+                    weights_product(m, gw, H, rh + j0 * H, H, packed_hh + (col + 2 * gw) * H, w_hh + 2 * H * H,
+                                    H, u0, n, gw, wbuf, xs + 2 * gw, ldx, True, NULL, last_first)
             elif cell == GRU and busy:   # r and z, then n
-                rgemm(m, 2 * gw, H, hp + j0 * H, H, packed_hh + col * H, xs, ldx, True, NULL, last_first)
-                rgemm(m, gw, H, hp + j0 * H, H, packed_hh + (col + 2 * gw) * H, hw + j0 * W + col + 2 * gw,
-                      W, False, NULL, last_first)
+                weights_product(m, 2 * gw, H, hp + j0 * H, H, packed_hh + col * H, w_hh, H, u0, n, gw, wbuf,
+                                xs, ldx, True, NULL, last_first)
+                weights_product(m, gw, H, hp + j0 * H, H, packed_hh + (col + 2 * gw) * H, w_hh + 2 * H * H, H, u0,
+                                n, gw, wbuf, hw + j0 * W + col + 2 * gw, W, False, NULL, last_first)
             elif busy:
-                rgemm(m, G * gw, H, hp + j0 * H, H, packed_hh + col * H, xs, ldx, True, NULL, last_first)
+                weights_product(m, G * gw, H, hp + j0 * H, H, packed_hh + col * H, w_hh, H, u0, n, gw, wbuf,
+                                xs, ldx, True, NULL, last_first)
             if busy:
                 forward_rows(cell, steps, s, m, j0, H, G, W, u0, n, gw, y, ldy, y_rows, xs, ldx,
                              hw + col, bias + W + col, hp, hn, c, rh, NULL if direct else gates, saved, h_prev)
@@ -757,19 +791,26 @@ def forward(int cell,
     cdef Py_ssize_t xg_size = chunk * I if reverse or x_rows is not None else 0, f = sizeof(floating)
     # the GRU's n gate (every other step product goes into xw)
     cdef Py_ssize_t hw_size = B * W if cell == GRU else 0
-    cdef Scratch scratch = Scratch(padded(W * I * f) + padded(W * H * f) + padded(2 * W * f)
+    # a single step whose threads share the units packs the weights as its
+    # products read them (weights_product), into a buffer of four panels per
+    # thread; the threads sharing the rows each need all of the weights, so
+    # they pack them once, together
+    cdef Py_ssize_t wbuf_size = 4 * nr * max(I, H) if batch_sizes.shape[0] == 1 and not by_rows else 0
+    cdef Py_ssize_t packed_size = 0 if wbuf_size else W * (I + H)
+    cdef Scratch scratch = Scratch(padded(packed_size * f) + padded(2 * W * f)
                                    + n_xw * padded(chunk * W * f) + padded(hw_size * f) + padded(2 * B * H * f)
                                    + padded(B * H * f) + steps_bytes(batch_sizes.shape[0], B)
-                                   + nt * padded(xg_size * f))
+                                   + nt * padded(xg_size * f) + nt * padded(wbuf_size * f))
     cdef Steps steps = make_steps(batch_sizes, B, reverse, scratch)
-    cdef floating *packed_ih = <floating *>scratch.take(W * I * f)
-    cdef floating *packed_hh = <floating *>scratch.take(W * H * f)
+    cdef floating *packed_ih = <floating *>scratch.take(packed_size * f)
+    cdef floating *packed_hh = packed_ih + (W * I if packed_size else 0)
     cdef floating *bias = <floating *>scratch.take(2 * W * f)
     cdef floating *xw = <floating *>scratch.take(n_xw * padded(chunk * W * f))
     cdef floating *hw = <floating *>scratch.take(hw_size * f)
     cdef floating *hbuf = <floating *>scratch.take(2 * B * H * f)
     cdef floating *rh = <floating *>scratch.take(B * H * f)
-    cdef floating *xg = <floating *>scratch.take(0)
+    cdef floating *xg = <floating *>scratch.take(nt * padded(xg_size * f))
+    cdef floating *wbuf = <floating *>scratch.take(nt * padded(wbuf_size * f))
     cdef floating *c_ptr = &c_n[0, 0] if cell == LSTM else NULL
     cdef floating *gates_ptr = &gates[0, 0] if training and G > 1 else NULL
     cdef floating *saved_ptr = &saved[0, 0] if training else NULL
@@ -792,7 +833,8 @@ def forward(int cell,
                        gates_ptr, saved_ptr, h_prev_ptr, &x[0, 0], x_rows_ptr, &weight_ih[0, 0], &weight_hh[0, 0],
                        &bias_ih[0], &bias_hh[0], &h_0[0, 0], hbuf, packed_ih, packed_hh,
                        bias, xw + (tid * padded(chunk * W * f) // f if by_rows else 0), chunk, hw, rh,
-                       xg + tid * padded(xg_size * f) // f, &intr)
+                       xg + tid * padded(xg_size * f) // f,
+                       wbuf + tid * padded(wbuf_size * f) // f if wbuf_size else NULL, &intr)
     call_ended()
     if intr.stop:
         _raise_pending()

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import fastrnn
-from conftest import MODES, backward_layer, make_layer, run_layer
+from conftest import MODES, backward_layer, make_cell, make_layer, run_layer
 
 
 @pytest.fixture
@@ -112,3 +112,32 @@ def test_a_sequence_in_two_pieces_gives_the_same_bits(restore_threads, mode, dty
     assert np.array_equal(h_n, h_rest)
     if c_n is not None:
         assert np.array_equal(c_n, c_rest)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("B", [1, 3])
+def test_one_step_at_a_time_gives_the_same_bits(restore_threads, mode, dtype, threads, B):
+    """A call of a single step whose threads share the units packs each group
+    of panels just before its product (weights_product) rather than all of
+    them first: a sequence run one step at a time, through the layer and
+    through the cell, gives the bits of the whole sequence in one call.
+    H=136: five panels per gate in float32, nine in float64, so groups of
+    four panels that straddle two gates, and a partial last panel."""
+    fastrnn.set_num_threads(threads)
+    rng = np.random.default_rng(7)
+    T, I, H = 4, 24, 136
+    layer = make_layer(mode, I, H, dtype=dtype, seed=3)
+    cell = make_cell(mode, I, H, dtype=dtype, seed=3)
+    layer.eval()
+    cell.eval()
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    y = run_layer(layer, x)[0]
+    hx = cell_hx = None
+    for t in range(T):
+        y_t, h_t, c_t = run_layer(layer, x[t:t + 1], hx=hx)
+        hx = h_t if c_t is None else (h_t, c_t)
+        cell_hx = cell(x[t], cell_hx)
+        assert np.array_equal(y_t[0], y[t]), f"step {t} alone differs"
+        assert np.array_equal(cell_hx[0] if isinstance(cell_hx, tuple) else cell_hx, y[t]), f"cell step {t}"
