@@ -141,3 +141,63 @@ def test_one_step_at_a_time_gives_the_same_bits(restore_threads, mode, dtype, th
         cell_hx = cell(x[t], cell_hx)
         assert np.array_equal(y_t[0], y[t]), f"step {t} alone differs"
         assert np.array_equal(cell_hx[0] if isinstance(cell_hx, tuple) else cell_hx, y[t]), f"cell step {t}"
+
+
+@pytest.mark.parametrize("mode", ["RNN_TANH", "RNN_RELU"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", ["forward", "ragged", "reverse", "one row", "more rows than a block"])
+def test_the_rnn_backward_reads_the_states_from_its_outputs(restore_threads, mode, dtype, case):
+    """Without h_prev, the RNN's backward reads the state before each step
+    from h' of the step before, by blocks of steps (_recurrence.pack_prev),
+    and sums dweight_hh block by block: the same dx, dh_0, dweight_ih and
+    bias gradients, bit for bit, as with h_prev, dweight_hh equal up to the
+    order of its sum, and every gradient the same bits with 1, 2 and 3
+    threads.  Blocks of 256 rows: 3 of them at B=8, T=70; at B=1, T=600, 3
+    with the threads sharing the units; at B=300, one step each."""
+    from fastrnn._kernels import recurrence as _recurrence
+    B, T = {"one row": (1, 600), "more rows than a block": (300, 3)}.get(case, (8, 70))
+    lengths = np.array([70, 60, 50, 50, 33, 20, 7, 1]) if case == "ragged" else np.full(B, T)
+    batch_sizes = np.array([(lengths > t).sum() for t in range(T)], dtype=np.intp)
+    N, I, H = int(lengths.sum()), 24, 136
+    rng = np.random.default_rng(8)
+    w_ih, w_hh = (rng.uniform(-0.2, 0.2, (H, k)).astype(dtype) for k in (I, H))
+    b_ih, b_hh = (rng.uniform(-0.2, 0.2, H).astype(dtype) for _ in range(2))
+    x = rng.standard_normal((N, I)).astype(dtype)
+    dy = rng.standard_normal((N, H)).astype(dtype)
+    h_0, dh_n = (rng.standard_normal((B, H)).astype(dtype) for _ in range(2))
+    grads_before = [rng.standard_normal(shape).astype(dtype) for shape in ((H, I), (H, H), (H,), (H,))]
+    cell, reverse, none = _recurrence.CELLS[mode], case == "reverse", np.empty((0, H), dtype)
+
+    def run(keep_h_prev, threads):
+        fastrnn.set_num_threads(threads)
+        y, h_n, saved = np.empty((N, H), dtype), np.empty((B, H), dtype), np.empty((N, H), dtype)
+        h_prev = np.empty((N, H), dtype) if keep_h_prev else none
+        _recurrence.forward(cell, y, h_n, none, saved, saved, h_prev, x, w_ih, w_hh, b_ih, b_hh, h_0, none,
+                            batch_sizes, reverse, threads)
+        dx, dh_0 = np.empty((N, I), dtype), np.empty((B, H), dtype)
+        grads = [g.copy() for g in grads_before]
+        _recurrence.backward(cell, dx, dh_0, none, *grads, saved, saved, h_prev, dy, dh_n, none, x, w_ih, w_hh,
+                             none, batch_sizes, reverse, False, threads, None, None if keep_h_prev else h_0)
+        return dict(zip(["y", "dx", "dh_0", "dweight_ih", "dweight_hh", "dbias_ih", "dbias_hh", "dG", "h_prev"],
+                        [y, dx, dh_0, *grads, saved, h_prev]))
+
+    kept = run(True, 1)
+    runs = [run(False, threads) for threads in (1, 2, 3)]
+    for name in kept:
+        for threads, other in zip((2, 3), runs[1:]):
+            assert np.array_equal(runs[0][name], other[name]), f"{name}: 1 and {threads} threads differ"
+        if name == "h_prev":
+            continue
+        if name == "dweight_hh":   # both within the error bound of a sum of N terms of the exact one
+            dG, h_prev = kept["dG"].astype(np.float64), kept["h_prev"].astype(np.float64)
+            exact = grads_before[1] + dG.T @ h_prev
+            bound = (N + 1) * np.finfo(dtype).eps * (np.abs(grads_before[1]) + np.abs(dG).T @ np.abs(h_prev))
+            for got in (kept[name], runs[0][name]):
+                assert (np.abs(got - exact) <= bound).all()
+        else:
+            assert np.array_equal(runs[0][name], kept[name]), f"{name} differs from the backward with h_prev"
+    if case == "ragged":   # backwards, the rows of a block of steps are not consecutive
+        with pytest.raises(ValueError, match="equal lengths"):
+            _recurrence.backward(cell, np.empty((N, I), dtype), np.empty((B, H), dtype), none, *grads_before,
+                                 np.empty((N, H), dtype), np.empty((N, H), dtype), none, dy, dh_n, none, x,
+                                 w_ih, w_hh, none, batch_sizes, True, False, 1, None, h_0)
