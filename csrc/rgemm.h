@@ -68,6 +68,14 @@
 #endif
 /* Set once, at import (or by a test), before any product runs. */
 static int fr_wide_kernels = FR_WIDE;
+/* The most bytes of packed panels a group holds (see fr_rgemm_ldp): half of
+ * a core's L2, set at import; 4 panels at most. */
+static size_t fr_group_bytes = 256 * 1024;
+static inline ptrdiff_t fr_group_panels(size_t panel_bytes)
+{
+    ptrdiff_t n = (ptrdiff_t)(fr_group_bytes / panel_bytes);
+    return n < 1 ? 1 : n > 4 ? 4 : n;
+}
 #define FR_USE_WIDE (FR_WIDE && fr_wide_kernels)
 #define FR_NR_F64 (2 * FR_VECTOR_BYTES / 8)
 
@@ -373,13 +381,17 @@ static void fr_rgemm_ldp_##SFX(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T *A
     else if (split7) {                                                               \
         big -= mr; full += mr - 6;                                                   \
     }                                                                                \
-    /* groups of 4 panels outer, so that a group's panels stay in cache for   \
-     * all the rows: the blocks of mr and of 6, then the rows left over        \
+    /* groups of up to 4 panels outer, so that a group's panels stay in cache \
+     * for all the rows: the blocks of mr and of 6, then the rows left over    \
      * (measured on Emerald Rapids at M=16, K=1024, N=2048, where the weights  \
      * are larger than L2: 62 -> 90 GFLOP/s against a second pass over all    \
-     * the panels for them) */                                                 \
-    for (ptrdiff_t g = 0; g < np; g += 4) {                                               \
-        const ptrdiff_t gp = np - g < 4 ? np - g : 4, gn = N - g * NR;                    \
+     * the panels for them); fewer where 4 would not fit in half of L2 (at     \
+     * K = 4096, as the backward's dh = dG @ weight_hh of an LSTM with H=1024, \
+     * a panel is 512 KB; rows that take a single pass, fewer than 6, keep   \
+     * groups of 4 for the kernels of several panels) */                       \
+    const ptrdiff_t GP = big + full > 0 ? fr_group_panels(pstride * sizeof(T)) : 4;  \
+    for (ptrdiff_t g = 0; g < np; g += GP) {                                              \
+        const ptrdiff_t gp = np - g < GP ? np - g : GP, gn = N - g * NR;                  \
         const T *wg = Wp + g * pstride, *bg = bias ? bias + g * NR : bias;           \
         for (ptrdiff_t p = 0; p < gp; p++)                                                \
             for (ptrdiff_t m = 0; m < big; m += mr)                                       \

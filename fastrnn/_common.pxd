@@ -39,6 +39,7 @@ cdef extern from "rgemm.h" nogil:
     enum:
         FR_WIDE
     int fr_wide_kernels
+    size_t fr_group_bytes
 
 
 cdef extern from "omp_compat.h" nogil:

@@ -51,7 +51,7 @@ from libc.string cimport memcpy, memset
 
 from fastrnn._common cimport (
     floating, sigmoid, tanh, relu, rgemm, transpose, pack_rows, pack_cols, panel_width, fr_packed_len,
-    FR_HAVE_OPENMP, FR_WIDE, fr_wide_kernels, fr_cpu_has_avx2_fma, fr_cpu_has_avx512,
+    FR_HAVE_OPENMP, FR_WIDE, fr_wide_kernels, fr_group_bytes, fr_cpu_has_avx2_fma, fr_cpu_has_avx512,
     fr_cpu_avx512_half_width, fr_l2_cache_bytes, fr_compiled_for, fr_omp_get_max_threads, fr_omp_get_thread_num,
     fr_omp_get_num_threads, fr_omp_barrier, fr_omp_get_wtime, fr_barrier, fr_barrier_init, fr_barrier_wait,
     fr_flag_raise, fr_flag_raised, fr_take_next)
@@ -310,6 +310,18 @@ cdef double _last_call_end = -1.0
 cdef Py_ssize_t ROWS_PER_THREAD = 4
 cdef Py_ssize_t ROWS_BEYOND_L2 = 32
 cdef Py_ssize_t L2_BYTES = fr_l2_cache_bytes() or 512 * 1024   # unknown: Zen 3's
+fr_group_bytes = L2_BYTES // 2   # a product's group of panels stays in L2 (csrc/rgemm.h)
+
+
+def group_bytes(nbytes=None):
+    """The most bytes of packed panels in a group of a product (csrc/rgemm.h:
+    half of L2); sets it when given (tests vary it: the results do not
+    depend on it).  Returns the previous value."""
+    global fr_group_bytes
+    previous = fr_group_bytes
+    if nbytes is not None:
+        fr_group_bytes = max(1, int(nbytes))
+    return previous
 
 
 cdef bint share_rows(int nt, Py_ssize_t B, Py_ssize_t packed_hh_bytes) noexcept:

@@ -201,3 +201,28 @@ def test_the_rnn_backward_reads_the_states_from_its_outputs(restore_threads, mod
             _recurrence.backward(cell, np.empty((N, I), dtype), np.empty((B, H), dtype), none, *grads_before,
                                  np.empty((N, H), dtype), np.empty((N, H), dtype), none, dy, dh_n, none, x,
                                  w_ih, w_hh, none, batch_sizes, True, False, 1, None, h_0)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_bits_do_not_depend_on_the_groups_of_panels(restore_threads, mode, dtype, threads):
+    """A product takes the panels of its weights in groups of at most half of
+    L2 (csrc/rgemm.h: 1 to 4 panels a group): groups of one panel, of four
+    and the default give the same bits for every output and gradient.
+    B=13: blocks of 12 rows and leftover rows; H=136: five panels per gate
+    in float32, nine in float64, the last one partial; a ragged batch in
+    both directions."""
+    from fastrnn._kernels import recurrence as _recurrence
+    lengths = np.random.default_rng(9).integers(1, 41, size=13)
+    default = _recurrence.group_bytes()
+    runs = []
+    try:
+        for nbytes in (1, default, 1 << 40):
+            _recurrence.group_bytes(nbytes)
+            runs.append(run_everything(mode, dtype, threads, lengths, 13, True, H=136))
+    finally:
+        _recurrence.group_bytes(default)
+    for name in runs[0]:
+        for other in runs[1:]:
+            assert np.array_equal(runs[0][name], other[name]), f"{name} depends on the groups of panels"
