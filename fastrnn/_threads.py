@@ -117,7 +117,8 @@ def show_config(file: IO[str] | None = None) -> dict[str, Any]:
         "openmp_max_threads": _recurrence.openmp_max_threads(),
         "num_threads": get_num_threads(),
         "matrix_products": "fastrnn's packed kernels (csrc/rgemm.h, "
-                           f"{'wide' if _recurrence.wide_kernels() else 'narrow'} set), no BLAS",
+                           f"{'wide' if _recurrence.wide_kernels() else 'narrow'} set, groups of panels up to "
+                           f"{_recurrence.group_bytes() // 1024} KB), no BLAS",
         "numpy_blas": _numpy_blas(),
         "cpu_features": _cpu_features(),
     }
