@@ -1166,18 +1166,20 @@ cdef void pack_prev(floating *packed, const Steps *steps, Py_ssize_t s_lo, Py_ss
     itself, before the block's steps overwrite h' with dG: no thread waits
     for another to pack."""
     cdef Py_ssize_t nr = panel_width(<floating>0), s, j, k, p, width
+    cdef Py_ssize_t full = min(p1, H // nr)   # whole panels: copies of a constant size, inlined
     cdef const floating *src
     cdef floating *dst
     for s in range(s_lo, s_hi + 1):
         k = row_at(steps, s, 0) - k0
         for j in range(j0, min(j1, steps.batch_sizes[s])):
             src = (h_0 if s == 0 else saved + row_at(steps, s - 1, 0) * H) + j * H
-            for p in range(p0, p1):
-                width = min(nr, H - p * nr)
+            for p in range(p0, full):
+                memcpy(packed + (p * kc + k + j) * nr, src + p * nr, panel_width(<floating>0) * sizeof(floating))
+            for p in range(max(p0, full), p1):
+                width = H - p * nr
                 dst = packed + (p * kc + k + j) * nr
                 memcpy(dst, src + p * nr, width * sizeof(floating))
-                if width < nr:
-                    memset(dst + width, 0, (nr - width) * sizeof(floating))
+                memset(dst + width, 0, (nr - width) * sizeof(floating))
 
 
 cdef void backward_thread(
