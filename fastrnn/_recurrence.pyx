@@ -391,6 +391,40 @@ cdef void call_ended() noexcept:
 cdef Py_ssize_t CHUNK_ROWS = 256
 
 
+# Projecting ahead.  Where steps are too small to split (see above), a second
+# thread still has work: the input product of the next chunk of steps, while
+# the first thread runs the steps of this one, from the other of two buffers.
+# The threads meet once a chunk rather than once a step, so their meetings
+# cost little even when the two vCPUs sit far apart (measured on the Zen 5 VM:
+# a barrier took 30-50 ns in some spells, 200 ns in others, and a forward
+# whose threads shared the units of every step at B=1, H=64 then ran at
+# 0.8 us a step against 0.37 on one thread).  Chunks of AHEAD_ROWS rows (two
+# blocks of the 12-row kernel); both threads project the first one, half of
+# the panels each.  Measured there, forwards at T=100 against one thread
+# (the sharing of every step, at T=2000), processes alternating: B=1, H=64
+# LSTM 64 -> 53 us, GRU 46 -> 39, RNN 23.5 -> 22; B=4, LSTM H=32 60 -> 47,
+# RNN H=64 48 -> 35; B=1, H=64 LSTM at T=2000 850-900 -> 800-840.  The same
+# bits: every element of a product is computed alike whichever block of
+# rows or panels it falls in.  Not below MIN_AHEAD_FLOPS of input product,
+# where waking the second thread and the meetings would cost about what
+# the product does.
+cdef Py_ssize_t AHEAD_ROWS = 24
+cdef double MIN_AHEAD_FLOPS = 2e5
+
+
+cdef bint project_ahead(int nt, double flops, double flops_per_step, double projection_flops,
+                        int n_threads, Py_ssize_t N, Py_ssize_t chunk) noexcept:
+    """Whether a forward's second thread projects ahead, rather than the
+    team of nt (team_size) sharing every step: when the steps are too small
+    to share, or cannot be shared (one panel, few rows), and the input
+    product is worth a thread (MIN_PARALLEL_FLOPS: tests set 0 to run
+    every parallel path)."""
+    if n_threads < 2 or N <= chunk or (nt > 1 and flops_per_step >= MIN_WARM_FLOPS_PER_STEP):
+        return False
+    cdef bint warm = _last_call_end >= 0 and fr_omp_get_wtime() - _last_call_end < WARM_SECONDS
+    return (flops >= MIN_PARALLEL_FLOPS or warm) and projection_flops >= min(MIN_AHEAD_FLOPS, MIN_PARALLEL_FLOPS)
+
+
 # --- Ctrl-C during a long call ----------------------------------------------------
 # The time loops run without the GIL, so Python's SIGINT handler (which raises
 # KeyboardInterrupt) would run only when the call ends.  When the kernel is
@@ -584,9 +618,37 @@ cdef void weights_product(Py_ssize_t m, Py_ssize_t ncols, Py_ssize_t K, const fl
         rgemm(m, q * nr, K, a, lda, wbuf, c + p * nr, ldc, accumulate, NULL if bias == NULL else bias + p * nr)
 
 
+cdef inline Py_ssize_t chunk_end(const Steps *steps, Py_ssize_t s0, Py_ssize_t chunk, const Rows *mine,
+                                 Py_ssize_t *rows) noexcept nogil:
+    """The end s1 of the chunk of steps [s0, s1) whose rows of the thread
+    (`mine`, at least one step's) fit in `chunk`; their count in rows."""
+    cdef Py_ssize_t s1 = s0 + 1, n = own_rows(steps.batch_sizes[s0], mine)
+    while s1 < steps.n_steps and n + own_rows(steps.batch_sizes[s1], mine) <= chunk:
+        n += own_rows(steps.batch_sizes[s1], mine)
+        s1 += 1
+    rows[0] = n
+    return s1
+
+
+cdef const floating *chunk_input(const Steps *steps, Py_ssize_t s0, Py_ssize_t s1, const Rows *mine,
+                                 const floating *x, const Py_ssize_t *x_rows, Py_ssize_t I, bint consecutive,
+                                 floating *xg) noexcept nogil:
+    """The rows of x (., I) that a thread projects for steps [s0, s1): in
+    place where they are consecutive in x, else gathered into xg."""
+    if consecutive:
+        return x + steps.offsets[s0] * I
+    cdef Py_ssize_t s, i, r, q = 0
+    for s in range(s0, s1):
+        for i in range(own_rows(steps.batch_sizes[s], mine)):
+            r = row_at(steps, s, mine.j0 + i)
+            memcpy(xg + q * I, x + (x_rows[r] if x_rows != NULL else r) * I, I * sizeof(floating))
+            q += 1
+    return xg
+
+
 cdef void forward_thread(
         int cell, const Steps *steps, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H, Py_ssize_t G,
-        int tid, int nt, bint by_rows, fr_barrier *barrier,
+        int tid, int nt, bint by_rows, bint ahead, fr_barrier *barrier,
         floating *y, Py_ssize_t ldy,       # (., ldy) OUT h of every row and step
         const Py_ssize_t *y_rows,          # (N) IN row of y for each packed row; NULL: the same
         floating *h_n,                     # (B, H) OUT final states
@@ -607,7 +669,8 @@ cdef void forward_thread(
         floating *packed_ih,               # (W*I) scratch: weight_ih packed
         floating *packed_hh,               # (W*H) scratch: weight_hh packed
         floating *bias,                    # (2, W) scratch: biases in the packed layout
-        floating *xw, Py_ssize_t chunk,    # (chunk, W) scratch (this thread's when sharing the rows):
+        floating *xw, Py_ssize_t chunk,    # (chunk, W) scratch (this thread's when sharing the rows;
+                                           # two, one a chunk in turn, projecting ahead):
                                            # x @ weight_ih.T of the thread's rows of a chunk of steps
         floating *hw,                      # (B, W) scratch: the GRU's h @ weight_hh.T of the n gate, a step
         floating *rh,                      # (B, H) scratch: GRU_RESET_BEFORE's r * h of a step
@@ -620,12 +683,16 @@ cdef void forward_thread(
     units (by_rows false): its share of the units, for every row and step,
     the threads meeting after every step.  Sharing the rows: its rows
     (thread_rows) with every unit, each thread on its own once the weights
-    are packed (it projects its own rows of x, too).
+    are packed (it projects its own rows of x, too).  Projecting ahead
+    (nt = 2): thread 0 runs every step with every unit, thread 1 projects
+    the next chunk of steps meanwhile (see AHEAD_ROWS).
     W = G * P * nr is the packed width."""
     cdef Py_ssize_t nr = panel_width(<floating>0), P = (H + nr - 1) // nr
     cdef Py_ssize_t W = G * P * nr, GH = G * H, S = steps.n_steps
-    # the units this thread computes, and (sharing the rows) the panels it packs
-    cdef Split sp = split_units(H, G, nr, 0 if by_rows else tid, 1 if by_rows else nt)
+    # the units this thread computes, and (sharing the rows, projecting ahead) the panels it packs
+    cdef bint one_layout = by_rows or ahead    # every thread works in the layout of all the units
+    cdef bint lockstep = not one_layout        # the threads meet after every step
+    cdef Split sp = split_units(H, G, nr, 0 if one_layout else tid, 1 if one_layout else nt)
     cdef Split pk = split_units(H, G, nr, tid, nt)
     cdef Py_ssize_t u0 = sp.u0, n = sp.u1 - sp.u0, gw = sp.width, col = sp.col
     cdef Py_ssize_t g, u, i, j, r, s, s0, s1, rows, q, m, pc
@@ -635,10 +702,9 @@ cdef void forward_thread(
     cdef size_t row_bytes = n * sizeof(floating)
     cdef floating *hp
     cdef floating *hn
-    cdef const floating *a
     cdef int sense = 0
-    cdef bint busy = n > 0
-    cdef Py_ssize_t block = 0
+    cdef bint busy = n > 0 and not (ahead and tid > 0)    # runs steps
+    cdef Py_ssize_t block = 0, p0, p1, next_s1
     # training, each thread on its own block of rows: the input product of
     # each step goes straight to their rows of `gates` and the pointwise
     # pass activates the gates in place, rather than in xw and then copied
@@ -646,10 +712,14 @@ cdef void forward_thread(
     cdef bint direct = gates != NULL and by_rows and G * gw == GH and not steps.reverse
     cdef Py_ssize_t ldx = GH if direct else W
     cdef floating *xs
+    cdef floating *xc
+    # the rows of x a thread projects lie one after the other in x (else it gathers them)
+    cdef bint consecutive = x_rows == NULL and not steps.reverse and not by_rows
+    cdef Py_ssize_t xstride = padded(chunk * W * sizeof(floating)) // sizeof(floating)   # projecting ahead
 
     if pk.u1 > pk.u0:   # this thread's panels of every gate (sharing the rows: of the whole layout)
         for g in range(G):
-            pc = col + g * gw + (pk.p0 * nr if by_rows else 0)   # its first column of gate g
+            pc = col + g * gw + (pk.p0 * nr if one_layout else 0)   # its first column of gate g
             if wbuf == NULL:
                 pack_rows(packed_ih + pc * I, w_ih + (g * H + pk.u0) * I, I, pk.u1 - pk.u0, I, 0, pk.width // nr)
                 pack_rows(packed_hh + pc * H, w_hh + (g * H + pk.u0) * H, H, pk.u1 - pk.u0, H, 0, pk.width // nr)
@@ -669,15 +739,25 @@ cdef void forward_thread(
     fr_barrier_wait(barrier, &sense)    # the packed weights and h_0 are in place
 
     s0 = 0
+    if ahead:   # the first chunk: half of the panels each
+        s1 = chunk_end(steps, 0, chunk, &mine, &rows)
+        p0, p1 = tid * (W // nr) // nt, (tid + 1) * (W // nr) // nt
+        rgemm(rows, (p1 - p0) * nr, I, chunk_input(steps, 0, s1, &mine, x, x_rows, I, consecutive, xg), I,
+              packed_ih + p0 * nr * I, xw + p0 * nr, W, False, bias + p0 * nr)
+        fr_barrier_wait(barrier, &sense)
     while s0 < S:
         # a chunk of steps [s0, s1): this thread's rows of them (all the rows
         # when sharing the units) projected, into rows 0, 1, ... of its xw
-        # (its own part of xw when sharing the rows), or straight to `gates`
-        s1, rows = s0 + 1, own_rows(steps.batch_sizes[s0], &mine)
-        while s1 < S and rows + own_rows(steps.batch_sizes[s1], &mine) <= chunk:
-            rows += own_rows(steps.batch_sizes[s1], &mine)
-            s1 += 1
-        if busy and by_rows and x_rows == NULL and not steps.reverse:
+        # (its own part of xw when sharing the rows), or straight to `gates`;
+        # projecting ahead, thread 1 projects the next chunk meanwhile
+        s1 = chunk_end(steps, s0, chunk, &mine, &rows)
+        xc = xw + (block & 1) * xstride if ahead else xw
+        if ahead:
+            if tid > 0 and s1 < S:
+                next_s1 = chunk_end(steps, s1, chunk, &mine, &q)
+                rgemm(q, W, I, chunk_input(steps, s1, next_s1, &mine, x, x_rows, I, consecutive, xg), I,
+                      packed_ih, xw + ((block + 1) & 1) * xstride, W, False, bias)
+        elif busy and by_rows and x_rows == NULL and not steps.reverse:
             # a block of rows: consecutive rows of x at each step, a product
             # per step (direct: col is 0 and G * gw is GH)
             q = 0
@@ -687,23 +767,13 @@ cdef void forward_thread(
                       gates + (steps.offsets[s] + j0) * GH if direct else xw + q * W + col, ldx, False, bias + col)
                 q += m
         elif busy:
-            if x_rows == NULL and not steps.reverse and not by_rows:   # consecutive rows of x
-                a = x + steps.offsets[s0] * I
-            else:   # gather them
-                q = 0
-                for s in range(s0, s1):
-                    for i in range(own_rows(steps.batch_sizes[s], &mine)):
-                        r = row_at(steps, s, j0 + i)
-                        memcpy(xg + q * I, x + (x_rows[r] if x_rows != NULL else r) * I, I * sizeof(floating))
-                        q += 1
-                a = xg
-            weights_product(rows, G * gw, I, a, I, packed_ih + col * I, w_ih, H, u0, n, gw, wbuf, xw + col, W,
-                            False, bias + col, False)
+            weights_product(rows, G * gw, I, chunk_input(steps, s0, s1, &mine, x, x_rows, I, consecutive, xg), I,
+                            packed_ih + col * I, w_ih, H, u0, n, gw, wbuf, xw + col, W, False, bias + col, False)
         q = 0
         for s in range(s0, s1):
             rows = steps.batch_sizes[s]
             m = own_rows(rows, &mine)    # this thread's rows of the step
-            xs = gates + (steps.offsets[s] + j0) * GH if direct else xw + q * W + col
+            xs = gates + (steps.offsets[s] + j0) * GH if direct else xc + q * W + col
             hp = hbuf + (s & 1) * B * H
             hn = hbuf + ((s + 1) & 1) * B * H
             # the step's product added to the input part in xs (the sum the
@@ -723,7 +793,7 @@ cdef void forward_thread(
                     for i in range(m):
                         j = j0 + i
                         gru_reset_before_reset_step(n, gw, xs + i * ldx, hp + j * H + u0, rh + j * H + u0)
-                if not by_rows:
+                if lockstep:
                     fr_barrier_wait(barrier, &sense)    # every thread's share of r * h is in place
                 if busy:
                     weights_product(m, gw, H, rh + j0 * H, H, packed_hh + (col + 2 * gw) * H, w_hh + 2 * H * H,
@@ -740,10 +810,13 @@ cdef void forward_thread(
                 forward_rows(cell, steps, s, m, j0, H, G, W, u0, n, gw, y, ldy, y_rows, xs, ldx,
                              hw + col, bias + W + col, hp, hn, c, rh, NULL if direct else gates, saved, h_prev)
             q += m
-            if not by_rows:
+            if lockstep:
                 if s == s1 - 1:
                     interrupt_propose(intr, tid, block)
                 fr_barrier_wait(barrier, &sense)    # every thread's share of h' is in place
+        if ahead:
+            interrupt_propose(intr, tid, block)
+            fr_barrier_wait(barrier, &sense)    # the chunk is done, and the next one projected
         if interrupt_poll(intr, tid) if by_rows else interrupt_stop(intr, tid, block, barrier, &sense):
             return
         block += 1
@@ -798,13 +871,19 @@ def forward(int cell,
     cdef const Py_ssize_t *x_rows_ptr = &x_rows[0] if x_rows is not None and N else NULL
     check_batch_sizes(batch_sizes, B)
     cdef Py_ssize_t packed_hh_bytes = W * H * sizeof(floating)
-    cdef int nt = team_size(2.0 * N * G * H * (I + H), 2.0 * B * G * H * (I + H), n_threads, H, nr, B,
-                            packed_hh_bytes), tid, team
-    cdef bint by_rows = share_rows(nt, B, packed_hh_bytes)
+    cdef double flops = 2.0 * N * G * H * (I + H), flops_per_step = 2.0 * B * G * H * (I + H)
+    cdef int nt = team_size(flops, flops_per_step, n_threads, H, nr, B, packed_hh_bytes), tid, team
+    cdef bint ahead = project_ahead(nt, flops, flops_per_step, 2.0 * N * G * H * I, n_threads, N,
+                                    max(AHEAD_ROWS, B))
+    if ahead:
+        nt = 2
+    cdef bint by_rows = not ahead and share_rows(nt, B, packed_hh_bytes)
     # rows of a chunk: all of them when sharing the units, a thread's when
     # sharing the rows (each thread then has its own xw); at least a whole
-    # step's, whatever team OpenMP gives
-    cdef Py_ssize_t chunk = max(CHUNK_ROWS, B), n_xw = nt if by_rows else 1
+    # step's, whatever team OpenMP gives.  Projecting ahead: two buffers of
+    # fewer rows, in turn
+    cdef Py_ssize_t chunk = max(AHEAD_ROWS if ahead else CHUNK_ROWS, B)
+    cdef Py_ssize_t n_xw = nt if by_rows else 2 if ahead else 1
     # each thread gathers the rows it projects for itself, unless they are
     # consecutive in x at each step (forwards, x packed)
     cdef Py_ssize_t xg_size = chunk * I if reverse or x_rows is not None else 0, f = sizeof(floating)
@@ -847,7 +926,7 @@ def forward(int cell,
         if tid == 0:
             fr_barrier_init(&barrier, team)
         fr_omp_barrier()
-        forward_thread(cell, &steps, B, I, H, G, tid, team, by_rows, &barrier,
+        forward_thread(cell, &steps, B, I, H, G, tid, team, by_rows, ahead and team > 1, &barrier,
                        &y[0, 0], y.strides[0] // sizeof(floating), y_rows_ptr, &h_n[0, 0], c_ptr,
                        gates_ptr, saved_ptr, h_prev_ptr, &x[0, 0], x_rows_ptr, &weight_ih[0, 0], &weight_hh[0, 0],
                        &bias_ih[0], &bias_hh[0], &h_0[0, 0], hbuf, packed_ih, packed_hh,

@@ -283,8 +283,9 @@ print("usable")
                                          for which in ["forward", "backward"]] + [("LSTM_ROWS", "forward")])
 def test_ctrl_c_interrupts_a_long_call(mode, which, tmp_path):
     """SIGINT during a forward or backward over T = 3,000,000 steps (a batch of
-    one: threads share the units; LSTM_ROWS: 300,000 steps of 8 rows, threads
-    share the rows) raises KeyboardInterrupt before the call ends; a backward
+    one: the forward's second thread projects the input ahead of the steps;
+    LSTM_ROWS: 300,000 steps of 8 rows, threads share the rows) raises
+    KeyboardInterrupt before the call ends; a backward
     leaves the gradients unchanged; the layer works afterwards."""
     # cwd: not the source folder, which would shadow an installed fastrnn
     result = subprocess.run([sys.executable, "-c", SIGINT_CHILD, mode, which], capture_output=True, text=True,

@@ -41,7 +41,9 @@ def run_everything(mode, dtype, threads, lengths, B, bidirectional, H=40):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 # B >= 4 per thread: the threads share the rows (12, 13), in blocks split by
 # the steps they hold (a ragged batch: fewer rows to the first thread); fewer:
-# the units.  H a multiple of the panel width (32 floats, 16 doubles with
+# the units, where a step holds enough work (1e5 flops), else the forward's
+# second thread projects the input ahead of the steps (B=1; the RNN at B=5
+# and 7).  H a multiple of the panel width (32 floats, 16 doubles with
 # AVX-512): on 2 and 3 threads, training projects x straight into the kept
 # gates (forward_thread's `direct`)
 @pytest.mark.parametrize("B,ragged,bidirectional,H", [(12, False, False, 40), (13, True, True, 40),
