@@ -366,6 +366,12 @@ cdef inline Py_ssize_t own_rows(Py_ssize_t rows, const Rows *mine) noexcept nogi
     return end - mine.j0 if end > mine.j0 else 0
 
 
+cdef inline bint warm() noexcept:
+    """Whether the last call ended less than WARM_SECONDS ago (its OpenMP
+    workers still spinning)."""
+    return _last_call_end >= 0 and fr_omp_get_wtime() - _last_call_end < WARM_SECONDS
+
+
 cdef int team_size(double flops, double flops_per_step, int n_threads, Py_ssize_t H, Py_ssize_t nr,
                    Py_ssize_t B, Py_ssize_t packed_hh_bytes):
     """Threads for a time loop: at most one per panel of units (or per
@@ -375,8 +381,7 @@ cdef int team_size(double flops, double flops_per_step, int n_threads, Py_ssize_
     cdef int n = n_threads if n_threads < panels else <int>panels
     if share_rows(n_threads, B, packed_hh_bytes):
         n = min(n_threads, B // ROWS_PER_THREAD)
-    cdef bint warm = _last_call_end >= 0 and fr_omp_get_wtime() - _last_call_end < WARM_SECONDS
-    if n < 1 or (flops < MIN_PARALLEL_FLOPS and not (warm and flops_per_step >= MIN_WARM_FLOPS_PER_STEP)):
+    if n < 1 or (flops < MIN_PARALLEL_FLOPS and not (warm() and flops_per_step >= MIN_WARM_FLOPS_PER_STEP)):
         n = 1
     return n
 
@@ -421,8 +426,7 @@ cdef bint project_ahead(int nt, double flops, double flops_per_step, double proj
     every parallel path)."""
     if n_threads < 2 or N <= chunk or (nt > 1 and flops_per_step >= MIN_WARM_FLOPS_PER_STEP):
         return False
-    cdef bint warm = _last_call_end >= 0 and fr_omp_get_wtime() - _last_call_end < WARM_SECONDS
-    return (flops >= MIN_PARALLEL_FLOPS or warm) and projection_flops >= min(MIN_AHEAD_FLOPS, MIN_PARALLEL_FLOPS)
+    return (flops >= MIN_PARALLEL_FLOPS or warm()) and projection_flops >= min(MIN_AHEAD_FLOPS, MIN_PARALLEL_FLOPS)
 
 
 # --- Ctrl-C during a long call ----------------------------------------------------
