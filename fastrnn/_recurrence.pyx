@@ -391,6 +391,19 @@ cdef void call_ended() noexcept:
     _last_call_end = fr_omp_get_wtime()
 
 
+# The products over all rows (a backward's dx and weight gradients, a linear
+# layer's) share their tiles between the threads from MIN_PARALLEL_FLOPS, or,
+# when the workers still spin (warm: a backward just after its forward, in a
+# training loop), from MIN_WARM_PRODUCT_FLOPS: a tile of the 12-row kernel
+# and its share of the packing cost about a microsecond each at that size.
+cdef double MIN_WARM_PRODUCT_FLOPS = 1e6
+
+
+cdef inline double product_min_flops() noexcept:
+    """Below how many flops a product over all rows runs on one thread."""
+    return min(MIN_PARALLEL_FLOPS, MIN_WARM_PRODUCT_FLOPS) if warm() else MIN_PARALLEL_FLOPS
+
+
 # Rows of x projected at once: a bound on the scratch (an eval-mode forward
 # allocates nothing proportional to T), large enough for an efficient product.
 cdef Py_ssize_t CHUNK_ROWS = 256
@@ -1013,15 +1026,17 @@ cdef void weight_grads(floating *dw_ih, floating *dw_hh, floating *dw_hn,
                        const floating *g, Py_ssize_t ldg, Py_ssize_t GH, Py_ssize_t GH_direct,
                        const floating *g_hn, const floating *x, Py_ssize_t I,
                        const floating *h_prev, Py_ssize_t H, Py_ssize_t N, double *sums,
-                       floating *packed_x, floating *packed_h, floating *gt, int n_threads) noexcept nogil:
+                       floating *packed_x, floating *packed_h, floating *gt, int n_threads,
+                       double min_flops) noexcept nogil:
     """dw_ih (GH, I) += g.T @ x, g (N, GH) with rows ldg apart ; unless dw_hh is
     NULL, dw_hh[:GH_direct] (H wide) += g[:, :GH_direct].T @ h_prev ; and with g_hn
     (the GRU's n gate, (N, H)), dw_hn (H, H) += g_hn.T @ h_prev.  Unless sums
     (GH, and H more with g_hn) is NULL, sums += the column sums of g (and of g_hn).
     packed_x, packed_h: two blocks of x and of h_prev packed (grad_block_len);
-    gt (n_threads, GRAD_TILE * GRAD_KC)."""
+    gt (n_threads, GRAD_TILE * GRAD_KC).  On one thread below min_flops
+    (product_min_flops)."""
     cdef int threads = n_threads, tid, team
-    if 2.0 * GH * (I + H) * N < MIN_PARALLEL_FLOPS:
+    if 2.0 * GH * (I + H) * N < min_flops:
         threads = 1
     cdef Py_ssize_t n_ih = tile_count(GH, threads), n_hn = tile_count(H, threads) if g_hn != NULL else 0
     cdef Py_ssize_t next_tile = 0
@@ -1108,36 +1123,29 @@ cdef void weight_grads_thread(floating *dw_ih, floating *dw_hh, floating *dw_hn,
 
 cdef void rows_product(floating *c, Py_ssize_t ldc, const floating *a, Py_ssize_t lda,
                        const floating *packed, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
-                       bint accumulate, int n_threads) noexcept nogil:
-    """c (m, n) [+]= a (m, k) @ w.T, w packed; rows in tiles over the threads."""
-    cdef Py_ssize_t n_tiles = (m + DX_TILE - 1) // DX_TILE, i
-    cdef int threads = n_threads if n_threads < n_tiles else <int>n_tiles
-    if 2.0 * m * n * k < MIN_PARALLEL_FLOPS:
+                       bint accumulate, const floating *bias, int n_threads, double min_flops) noexcept nogil:
+    """c (m, n) [+]= a (m, k) @ w.T [+ bias], w packed, bias padded to whole
+    panels or NULL; the rows in tiles of at most about DX_TILE, as many for
+    each thread (one thread below min_flops)."""
+    cdef int threads = n_threads
+    if 2.0 * m * n * k < min_flops:
         threads = 1
+    cdef Py_ssize_t n_tiles = (m + DX_TILE - 1) // DX_TILE, i, r0, r1
+    n_tiles = (n_tiles + threads - 1) // threads * threads
     for i in prange(n_tiles, num_threads=threads, schedule='dynamic'):
-        rgemm(min(DX_TILE, m - i * DX_TILE), n, k, a + i * DX_TILE * lda, lda, packed,
-              c + i * DX_TILE * ldc, ldc, accumulate)
-
-
-cdef void rows_product_bias(floating *c, Py_ssize_t ldc, const floating *a, Py_ssize_t lda,
-                            const floating *packed, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
-                            const floating *bias, int n_threads) noexcept nogil:
-    """c (m, n) = a (m, k) @ w.T + bias, w packed, bias padded to whole panels or NULL."""
-    cdef Py_ssize_t n_tiles = (m + DX_TILE - 1) // DX_TILE, i
-    cdef int threads = n_threads if n_threads < n_tiles else <int>n_tiles
-    if 2.0 * m * n * k < MIN_PARALLEL_FLOPS:
-        threads = 1
-    for i in prange(n_tiles, num_threads=threads, schedule='dynamic'):
-        rgemm(min(DX_TILE, m - i * DX_TILE), n, k, a + i * DX_TILE * lda, lda, packed,
-              c + i * DX_TILE * ldc, ldc, False, bias)
+        r0 = tile_start(m, n_tiles, i)
+        r1 = tile_start(m, n_tiles, i + 1)
+        if r1 > r0:
+            rgemm(r1 - r0, n, k, a + r0 * lda, lda, packed, c + r0 * ldc, ldc, accumulate, bias)
 
 
 cdef void pack_columns(floating *packed, const floating *s, Py_ssize_t lds, Py_ssize_t n,
-                       Py_ssize_t k, int n_threads) noexcept nogil:
-    """packed = s (k, n) packed by columns (for products a @ s), panels over the threads."""
+                       Py_ssize_t k, int n_threads, double min_flops) noexcept nogil:
+    """packed = s (k, n) packed by columns (for products a @ s), panels over the
+    threads (one below min_flops / 8 elements)."""
     cdef Py_ssize_t nr = panel_width(<floating>0), n_panels = (n + nr - 1) // nr, i
     cdef int threads = n_threads if n_threads < n_panels else <int>n_panels
-    if n * k < MIN_PARALLEL_FLOPS / 8:
+    if n * k < min_flops / 8:
         threads = 1
     for i in prange(n_panels, num_threads=threads, schedule='static'):
         pack_cols(packed, s, lds, n, k, i, i + 1)
@@ -1497,6 +1505,7 @@ def backward(int cell,
     cdef floating *gt = <floating *>products.take(n_threads * GRAD_TILE * GRAD_KC * f)
     # the bias gradients: the column sums of dxw (GH), and of the GRU's dhn (H)
     cdef double *sums = <double *>products.take((GH + H) * sizeof(double)) if has_bias else NULL
+    cdef double min_flops = product_min_flops()
     with nogil:
         if has_bias:
             memset(sums, 0, (GH + H) * sizeof(double))
@@ -1504,13 +1513,14 @@ def backward(int cell,
         weight_grads(&dweight_ih[0, 0], NULL if by_blocks else &dweight_hh[0, 0],
                      &dweight_hh[2 * H, 0] if cell == GRU else NULL,
                      &gates[0, 0], GH, GH, GH_direct, saved_ptr if cell == GRU else NULL,
-                     &x[0, 0], I, h_prev_ptr, H, N, sums, packed_x, packed_h, gt, n_threads)
+                     &x[0, 0], I, h_prev_ptr, H, N, sums, packed_x, packed_h, gt, n_threads, min_flops)
         if cell == GRU_RESET_BEFORE:   # dweight_hn += dn.T @ (r * h)
             weight_grads(&dweight_hh[2 * H, 0], NULL, NULL, &gates[0, 2 * H], GH, H, 0, NULL,
-                         saved_ptr, H, NULL, 0, N, NULL, packed_h, NULL, gt, n_threads)
+                         saved_ptr, H, NULL, 0, N, NULL, packed_h, NULL, gt, n_threads, min_flops)
         # dx = dxw @ weight_ih, last: x is read no more, so dx may be x itself
-        pack_columns(packed_w_ih, &weight_ih[0, 0], I, I, GH, n_threads)
-        rows_product(&dx[0, 0], I, &gates[0, 0], GH, packed_w_ih, N, I, GH, accumulate_dx, n_threads)
+        pack_columns(packed_w_ih, &weight_ih[0, 0], I, I, GH, n_threads, min_flops)
+        rows_product(&dx[0, 0], I, &gates[0, 0], GH, packed_w_ih, N, I, GH, accumulate_dx, NULL, n_threads,
+                     min_flops)
         if has_bias:
             for c in range(GH):
                 dbias_ih[c] += <floating>sums[c]
@@ -1536,11 +1546,12 @@ def linear_forward(floating[:, ::1] y,             # (N, out) OUT
     cdef floating *packed = <floating *>scratch.take(fr_packed_len(O, I, nr) * f)
     cdef floating *b = <floating *>scratch.take(P * nr * f)
     cdef bint has_bias = bias.shape[0] > 0
+    cdef double min_flops = product_min_flops()
     for i in range(P * nr):
         b[i] = bias[i] if has_bias and i < O else 0
     with nogil:
         pack_rows(packed, &weight[0, 0], I, O, I, 0, P)
-        rows_product_bias(&y[0, 0], O, &x[0, 0], I, packed, N, O, I, b if has_bias else NULL, n_threads)
+        rows_product(&y[0, 0], O, &x[0, 0], I, packed, N, O, I, False, b if has_bias else NULL, n_threads, min_flops)
     call_ended()
 
 
@@ -1564,15 +1575,17 @@ def linear_backward(floating[:, ::1] dx,           # (N, in) OUT, or (0, in): no
     cdef floating *gt = <floating *>scratch.take(n_threads * GRAD_TILE * GRAD_KC * f)
     cdef double *sums = <double *>scratch.take(O * sizeof(double)) if dbias.shape[0] > 0 else NULL
     cdef Py_ssize_t c
+    cdef double min_flops = product_min_flops()
     with nogil:
         if sums != NULL:
             memset(sums, 0, O * sizeof(double))
         if dx.shape[0] > 0:
-            pack_columns(packed_w, &weight[0, 0], I, I, O, n_threads)
-            rows_product(&dx[0, 0], I, &dy[0, 0], O, packed_w, N, I, O, False, n_threads)
+            pack_columns(packed_w, &weight[0, 0], I, I, O, n_threads, min_flops)
+            rows_product(&dx[0, 0], I, &dy[0, 0], O, packed_w, N, I, O, False, NULL, n_threads, min_flops)
         weight_grads(&dweight[0, 0], NULL, NULL, &dy[0, 0], O, O, 0, NULL, &x[0, 0], I, NULL, 0, N, sums,
-                     packed_x, NULL, gt, n_threads)
+                     packed_x, NULL, gt, n_threads, min_flops)
         if sums != NULL:
             for c in range(O):
                 dbias[c] += <floating>sums[c]
     call_ended()
+
