@@ -376,13 +376,24 @@ cdef int team_size(double flops, double flops_per_step, int n_threads, Py_ssize_
                    Py_ssize_t B, Py_ssize_t packed_hh_bytes):
     """Threads for a time loop: at most one per panel of units (or per
     ROWS_PER_THREAD rows when they share the rows); one for small work,
-    unless it comes in a loop (see WARM_SECONDS)."""
+    unless it comes in a loop (see WARM_SECONDS); one where the threads
+    would share the units of steps under MIN_WARM_FLOPS_PER_STEP, however
+    long the sequence (measured on the Zen 5 VM, B=1, H=64, T=2000,
+    forward+backward against the threads sharing every step of the backward,
+    alternating in one process: LSTM 1.43-1.49x, GRU 1.59-1.69x faster in
+    spells where a barrier took about 200 ns, 0.98x and 1.09x in a faster
+    one; the forward projects ahead there instead, see project_ahead).
+    Tests lower MIN_PARALLEL_FLOPS to 0 to run every way of sharing at small
+    sizes."""
     cdef Py_ssize_t panels = (H + nr - 1) // nr
     cdef int n = n_threads if n_threads < panels else <int>panels
-    if share_rows(n_threads, B, packed_hh_bytes):
+    cdef bint rows = share_rows(n_threads, B, packed_hh_bytes)
+    if rows:
         n = min(n_threads, B // ROWS_PER_THREAD)
     if n < 1 or (flops < MIN_PARALLEL_FLOPS and not (warm() and flops_per_step >= MIN_WARM_FLOPS_PER_STEP)):
         n = 1
+    elif not rows and flops_per_step < min(MIN_WARM_FLOPS_PER_STEP, MIN_PARALLEL_FLOPS):
+        n = 1   # however long the sequence, threads meeting after every step lose at this size
     return n
 
 
