@@ -1562,7 +1562,8 @@ def linear_forward(floating[:, ::1] y,             # (N, out) OUT
         b[i] = bias[i] if has_bias and i < O else 0
     with nogil:
         pack_rows(packed, &weight[0, 0], I, O, I, 0, P)
-        rows_product(&y[0, 0], O, &x[0, 0], I, packed, N, O, I, False, b if has_bias else NULL, n_threads, min_flops)
+        rows_product(&y[0, 0], O, &x[0, 0], I, packed, N, O, I, False, b if has_bias else NULL, n_threads,
+                     min_flops)
     call_ended()
 
 
@@ -1599,4 +1600,3 @@ def linear_backward(floating[:, ::1] dx,           # (N, in) OUT, or (0, in): no
             for c in range(O):
                 dbias[c] += <floating>sums[c]
     call_ended()
-
