@@ -975,9 +975,18 @@ def forward(int cell,
 # all the blocks (with one region per block, one thread packed while the
 # other waited: measured, the single region and the balanced tiles made RNN,
 # GRU and LSTM forward+backward 2.5-7% faster at B=32, H=128).  The packed
-# blocks are the only scratch, whatever N.
+# blocks are the only scratch, whatever N.  Each block reads and writes all
+# of dweight once, from memory where it is larger than L3 (32 MB for the
+# LSTM's two at H=1024): blocks of 512 rows rather than 256 halve that
+# (measured on the Zen 5 VM, forward+backward alternating in one process:
+# LSTM B=16, H=1024 1.03x, B=64, H=512 1.04x; GRU B=16, H=1024 1.03x; RNN
+# B=64, H=512 1.01x; LSTM B=32, H=128, whose dweight fits L2, 0.99x).
 cdef Py_ssize_t GRAD_TILE = 48
-cdef Py_ssize_t GRAD_KC = 256
+cdef Py_ssize_t GRAD_KC = 512
+# The RNN's blocks of steps in its backward (see pack_prev): their packed
+# states are scratch of the time loop, which larger blocks would make the
+# peak of the RNN's forward+backward (at B=64, H=512: 22.4 MB, PyTorch's 22.5).
+cdef Py_ssize_t PREV_ROWS = 256
 cdef Py_ssize_t DX_TILE = 96
 
 
@@ -1454,7 +1463,7 @@ def backward(int cell,
     cdef Py_ssize_t phn = fr_packed_len(H, H, nr) if cell == GRU_RESET_BEFORE else 0
     # without h_prev: the blocks of steps' packed states (two, in turn), the
     # transposed tiles of each thread, and the sum of dweight_hh
-    cdef Py_ssize_t rows_max = max(GRAD_KC, B)
+    cdef Py_ssize_t rows_max = max(PREV_ROWS, B)
     cdef Py_ssize_t n_prev = 2 * fr_packed_len(H, rows_max, nr) if by_blocks else 0
     cdef Py_ssize_t n_gt = GRAD_TILE * rows_max if by_blocks else 0
     cdef Py_ssize_t n_sum = H * H if by_blocks else 0
@@ -1507,7 +1516,8 @@ def backward(int cell,
     # gradient of the recurrent products is the same, but for the GRU's n
     # gate, whose part (dhn) is in saved.  Then the products over all rows.
     cdef Py_ssize_t pi = fr_packed_len(I, GH, nr)
-    cdef Py_ssize_t px = grad_block_len(<floating>0, I), ph = grad_block_len(<floating>0, H)
+    cdef Py_ssize_t px = grad_block_len(<floating>0, I)
+    cdef Py_ssize_t ph = 0 if by_blocks else grad_block_len(<floating>0, H)   # the RNN's states: in the loop
     cdef Scratch products = Scratch(padded(pi * f) + padded(px * f) + padded(ph * f)
                                     + padded(n_threads * GRAD_TILE * GRAD_KC * f) + padded((GH + H) * sizeof(double)))
     cdef floating *packed_w_ih = <floating *>products.take(pi * f)

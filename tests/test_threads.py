@@ -45,11 +45,12 @@ def run_everything(mode, dtype, threads, lengths, B, bidirectional, H=40):
 # second thread projects the input ahead of the steps (B=1; the RNN at B=5
 # and 7).  H a multiple of the panel width (32 floats, 16 doubles with
 # AVX-512): on 2 and 3 threads, training projects x straight into the kept
-# gates (forward_thread's `direct`)
+# gates (forward_thread's `direct`).  B=16: 640 rows, more than a block of the
+# weight gradients (GRAD_KC, 512)
 @pytest.mark.parametrize("B,ragged,bidirectional,H", [(12, False, False, 40), (13, True, True, 40),
                                                        (5, True, True, 40), (7, False, True, 40),
                                                        (1, False, False, 40), (12, False, True, 64),
-                                                       (13, True, False, 64)])
+                                                       (13, True, False, 64), (16, False, True, 64)])
 def test_bitwise_identical_across_thread_counts(restore_threads, mode, dtype, B, ragged, bidirectional, H):
     lengths = np.random.default_rng(B).integers(1, 41, size=B) if ragged else None
     runs = [run_everything(mode, dtype, n, lengths, B, bidirectional, H) for n in (1, 2, 3)]
