@@ -984,8 +984,9 @@ def forward(int cell,
 cdef Py_ssize_t GRAD_TILE = 48
 cdef Py_ssize_t GRAD_KC = 512
 # The RNN's blocks of steps in its backward (see pack_prev): their packed
-# states are scratch of the time loop, which larger blocks would make the
-# peak of the RNN's forward+backward (at B=64, H=512: 22.4 MB, PyTorch's 22.5).
+# states are the time loop's scratch, which with larger blocks would set the
+# peak of the RNN's forward+backward (at B=64, H=512: 22.4 MB; PyTorch's
+# 22.4-22.5).
 cdef Py_ssize_t PREV_ROWS = 256
 cdef Py_ssize_t DX_TILE = 96
 
