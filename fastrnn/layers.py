@@ -272,7 +272,8 @@ class _RNNBase(Module):
     def _check_hx(self, hx: Any, B: int, batched: bool) -> tuple[np.ndarray, np.ndarray | None]:
         if self.mode == "LSTM":
             if hx is None:
-                return self._check_state("h_0", None, B, batched), self._check_state("c_0", None, B, batched)
+                zeros = self._zero_state(B)
+                return zeros, zeros
             if not isinstance(hx, (tuple, list)) or len(hx) != 2:
                 raise TypeError(f"hx for LSTM must be a tuple (h_0, c_0), got {type(hx).__name__}")
             return (self._check_state("hx[0] (h_0)", hx[0], B, batched),
@@ -399,7 +400,7 @@ class _RNNBase(Module):
                 gates, saved, h_prev = directions[d] if training else (no_gates, no_rows, no_rows)
                 w_ih, w_hh, b_ih, b_hh = self._params_of(layer, d)
                 _recurrence.forward(
-                    self._cell, y[:, d * H:(d + 1) * H], h_n[i], _row(c_n, i, no_rows),
+                    self._cell, y if D == 1 else y[:, d * H:(d + 1) * H], h_n[i], _row(c_n, i, no_rows),
                     gates, saved, h_prev, inp, w_ih, w_hh, b_ih, b_hh,
                     h_0[i], _row(c_0, i, no_rows), packing.batch_sizes, d == 1, threads, y_rows,
                     x_rows if layer == 0 else None)
@@ -463,10 +464,13 @@ class _RNNBase(Module):
                 dy3d = dy3d.transpose(1, 0, 2)
             dy2d, dy_rows = packing.rows_of(dy3d)   # read in place when its layout allows
             d_out = packing.pack(dy3d) if dy2d is None else dy2d
-        states = [("dh_n", dh_n)] + ([("dc_n", dc_n)] if is_lstm else [])
-        grads_in = [packing.to_packed(self._check_state(name, value, B, batched)) for name, value in states]
-        dh_n_packed = grads_in[0]
-        dc_n_packed = grads_in[1] if is_lstm else None
+        # the gradients not given: zeros, already in any order
+        dh_n_packed = self._zero_state(B) if dh_n is None else \
+            packing.to_packed(self._check_state("dh_n", dh_n, B, batched))
+        dc_n_packed = None
+        if is_lstm:
+            dc_n_packed = self._zero_state(B) if dc_n is None else \
+                packing.to_packed(self._check_state("dc_n", dc_n, B, batched))
 
         # every check passed: from here on the layer's grads change, and the
         # kernels consume the tape's buffers (even if interrupted by Ctrl-C)
@@ -501,7 +505,7 @@ class _RNNBase(Module):
                 _recurrence.backward(
                     self._cell, dx, dh_0[i], _row(dc_0, i, no_rows),
                     dw_ih, dw_hh, db_ih, db_hh, gates, saved, h_prev,
-                    d_out[:, d * H:(d + 1) * H], dh_n_packed[i], _row(dc_n_packed, i, no_rows),
+                    d_out if D == 1 else d_out[:, d * H:(d + 1) * H], dh_n_packed[i], _row(dc_n_packed, i, no_rows),
                     inp, w_ih, w_hh, _row(tape.c_0, i, no_rows),
                     packing.batch_sizes, d == 1, d == 1, threads,
                     dy_rows if layer == L - 1 else None, tape.h_0[i])
