@@ -1636,4 +1636,3 @@ def linear_backward(floating[:, ::1] dx,           # (N, in) OUT, or (0, in): no
             for c in range(O):
                 dbias[c] += <floating>sums[c]
     call_ended()
-
