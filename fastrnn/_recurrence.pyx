@@ -179,6 +179,73 @@ cdef int check_batch_sizes(const Py_ssize_t[::1] batch_sizes, Py_ssize_t B) exce
     return 0
 
 
+def pack_lengths(const Py_ssize_t[::1] lengths, Py_ssize_t T):
+    """The packing of a padded (T, B, .) batch whose sequences have these
+    lengths (each in [1, T]: the caller checks), as fastrnn.layers.Packing
+    keeps it: (order, batch_sizes, rows_tb, rows_bt, pad_rows_tb), or None
+    when every length is T.  order (B,): the sequences longest first, ties
+    in batch order; batch_sizes (S,): sequences running at each time;
+    rows_tb, rows_bt (N,): the row of each packed row in a time-major
+    (T*B, .) and a batch-major (B*T, .) array; pad_rows_tb (T*B - N,): the
+    time-major rows past their sequence's end.  In C rather than some ten
+    NumPy calls (measured: 30 us of a ragged forward's 400 at B=32, T=100)."""
+    cdef Py_ssize_t B = lengths.shape[0], S = 0, N = 0, b, t, j, r = 0, k = 0
+    for b in range(B):
+        S = max(S, lengths[b])
+        N += lengths[b]
+    if N == T * B:
+        return None
+    order_a = np.empty(B, dtype=np.intp)
+    above_a = np.empty(T + 1, dtype=np.intp)
+    start_a = np.zeros(T + 1, dtype=np.intp)
+    tb_a = np.empty(N, dtype=np.intp)
+    bt_a = np.empty(N, dtype=np.intp)
+    pad_a = np.empty(T * B - N, dtype=np.intp)
+    cdef Py_ssize_t[::1] order = order_a, above = above_a, start = start_a, tb = tb_a, bt = bt_a, pad = pad_a
+    # a counting sort, longest first: above[t], the number of lengths above
+    # t, is the batch size at time t and where the sequences of length t start
+    for b in range(B):
+        start[lengths[b]] += 1
+    above[T] = 0
+    for t in range(T - 1, -1, -1):
+        above[t] = above[t + 1] + start[t + 1]
+    start[:] = above
+    for b in range(B):
+        order[start[lengths[b]]] = b
+        start[lengths[b]] += 1
+    for t in range(T):
+        if t < S:
+            for j in range(above[t]):
+                tb[r] = t * B + order[j]
+                bt[r] = order[j] * T + t
+                r += 1
+        for j in range(above[t], B):
+            pad[k] = t * B + order[j]
+            k += 1
+    return order_a, above_a[:S], tb_a, bt_a, pad_a
+
+
+def zero_rows(floating[:, ::1] a, const Py_ssize_t[::1] rows):
+    """a[rows] = 0, rows checked by the caller (Packing's pad_rows_tb):
+    zeroing only the rows a kernel does not write (a ragged batch's padding)
+    rather than all of them first."""
+    cdef Py_ssize_t i
+    cdef size_t row_bytes = a.shape[1] * sizeof(floating)
+    with nogil:
+        for i in range(rows.shape[0]):
+            memset(&a[rows[i], 0], 0, row_bytes)
+
+
+def scatter_rows(floating[:, ::1] out, const Py_ssize_t[::1] rows, const floating[:, ::1] a):
+    """out[rows] = a, rows checked by the caller (Packing's rows_tb): NumPy's
+    fancy assignment took 42 us for 2000 rows of 128 floats, this 10."""
+    cdef Py_ssize_t i
+    cdef size_t row_bytes = a.shape[1] * sizeof(floating)
+    with nogil:
+        for i in range(rows.shape[0]):
+            memcpy(&out[rows[i], 0], &a[i, 0], row_bytes)
+
+
 # --- scratch -------------------------------------------------------------------
 # The kernels' scratch (packed weights, per-step buffers) comes from one buffer
 # per Python thread, kept between calls: allocating tens of megabytes afresh

@@ -45,24 +45,19 @@ class Packing:
 
     def __init__(self, T: int, B: int, lengths: np.ndarray | None = None) -> None:
         self.T, self.B = T, B
-        if lengths is None or bool((lengths == T).all()):
+        packed = None if lengths is None else _recurrence.pack_lengths(lengths, T)
+        if packed is None:
             self.order: np.ndarray | None = None   # no reordering, every step full
             self.batch_sizes = _full_steps(T, B)
             self.N = T * B
             self._rows_tb: np.ndarray | None = None   # packed row r is row r of (T*B, .)
             self._rows_bt: np.ndarray | None = None   # computed when first needed
+            self._pad_rows: np.ndarray | None = None
             return
-        order = np.argsort(-lengths, kind="stable")
-        steps = int(lengths[order[0]])
-        # batch_sizes[t] = number of sequences longer than t
-        self.batch_sizes = (B - np.cumsum(np.bincount(lengths, minlength=T + 1)))[:steps].astype(np.intp)
-        self.N = int(self.batch_sizes.sum())
-        offsets = np.cumsum(self.batch_sizes) - self.batch_sizes
-        time_index = np.repeat(np.arange(steps, dtype=np.intp), self.batch_sizes)
-        batch_index = order[np.arange(self.N) - np.repeat(offsets, self.batch_sizes)]
-        self.order = order
-        self._rows_tb = time_index * B + batch_index     # into a time-major (T*B, .) array
-        self._rows_bt = batch_index * T + time_index     # into a batch-major (B*T, .) array
+        # the rows of a padded array each packed row is, time-major (T*B, .)
+        # and batch-major (B*T, .), and the padded rows past the ends
+        self.order, self.batch_sizes, self._rows_tb, self._rows_bt, self._pad_rows = packed
+        self.N = self._rows_tb.shape[0]
 
     def rows_of(self, a: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
         """(a2d, rows): a 2-D view of the (T, B, F) array a (no copy) and the
@@ -90,16 +85,19 @@ class Packing:
     def padded_output(self, width: int, dtype: np.dtype[Any]) -> tuple[np.ndarray, np.ndarray | None]:
         """A (T*B, width) array for a layer's output written in place by the
         kernel, and the rows it writes (None: all, in order)."""
-        if self.order is None:
-            return np.empty((self.N, width), dtype=dtype), None
-        return np.zeros((self.T * self.B, width), dtype=dtype), self._rows_tb
+        out = np.empty((self.T * self.B, width), dtype=dtype)
+        if self._rows_tb is None or self._pad_rows is None:   # every step full
+            return out, None
+        _recurrence.zero_rows(out, self._pad_rows)
+        return out, self._rows_tb
 
     def unpack(self, packed: np.ndarray) -> np.ndarray:
         """(N, F) -> (T, B, F), zeros past each sequence's end."""
-        if self.order is None:
+        if self._rows_tb is None or self._pad_rows is None:   # every step full
             return packed.reshape(self.T, self.B, packed.shape[1])
-        out = np.zeros((self.T * self.B, packed.shape[1]), dtype=packed.dtype)
-        out[self._rows_tb] = packed
+        out = np.empty((self.T * self.B, packed.shape[1]), dtype=packed.dtype)
+        _recurrence.zero_rows(out, self._pad_rows)
+        _recurrence.scatter_rows(out, self._rows_tb, packed)
         return out.reshape(self.T, self.B, packed.shape[1])
 
     def to_packed(self, state: np.ndarray) -> np.ndarray:

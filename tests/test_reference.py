@@ -127,6 +127,53 @@ def test_lengths_semantics(mode):
 
 
 @pytest.mark.parametrize("mode", MODES)
+def test_lengths_zeros_past_the_ends_in_reused_memory(mode):
+    """The padded rows of y and dx are zeroed row by row (the others are
+    written by the kernels): they are zero even when the arrays come from
+    memory full of NaN, which freeing a NaN array of their size just before
+    makes likely."""
+    rng = np.random.default_rng(12)
+    T, B, I, H = 9, 6, 5, 4
+    layer = make_layer(mode, I, H, seed=1, dtype=np.float32)
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    lengths = np.array([2, 9, 5, 1, 9, 3])
+    past = np.arange(T)[:, None] >= lengths[None, :]
+    for _ in range(3):
+        np.full((T * B, H), np.nan, dtype=np.float32)
+        y, _ = layer(x, lengths=lengths)
+        np.full((T * B, I), np.nan, dtype=np.float32)
+        dx = layer.backward(np.ones_like(y))[0]
+        assert not y[past].any() and np.isfinite(y).all()
+        assert not dx[past].any() and np.isfinite(dx).all()
+
+
+def test_packing_of_lengths():
+    """The packing of a ragged batch (computed in C) against its definition:
+    sequences longest first, ties in batch order; batch_sizes[t] of them
+    running at time t; each packed row's place in a time-major and a
+    batch-major padded array; the padded rows past the ends, every other one."""
+    from fastrnn.layers import Packing
+    rng = np.random.default_rng(13)
+    for _ in range(300):
+        T, B = int(rng.integers(1, 9)), int(rng.integers(1, 7))
+        lengths = rng.integers(1, T + 1, size=B)
+        p = Packing(T, B, lengths)
+        if (lengths == T).all():
+            assert p.order is None and p.N == T * B
+            continue
+        order = np.argsort(-lengths, kind="stable")
+        np.testing.assert_array_equal(p.order, order)
+        np.testing.assert_array_equal(p.batch_sizes, [(lengths > t).sum() for t in range(lengths.max())])
+        rows = [(t, b) for t in range(T) for b in order if t < lengths[b]]
+        assert p.N == len(rows) == lengths.sum()
+        np.testing.assert_array_equal(p._rows_tb, [t * B + b for t, b in rows])
+        np.testing.assert_array_equal(p._rows_bt, [b * T + t for t, b in rows])
+        assert sorted(p._pad_rows) == [t * B + b for t in range(T) for b in range(B) if t >= lengths[b]]
+        for a in (p.order, p.batch_sizes, p._rows_tb, p._rows_bt, p._pad_rows):
+            assert a.dtype == np.intp and a.flags.c_contiguous
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_dropout_between_layers(mode):
     """Training dropout multiplies each layer's output but the last by a
     mask (kept / (1 - p)); backward uses the same masks; eval has none;
