@@ -373,7 +373,14 @@ cdef double _last_call_end = -1.0
 # shared anyway: on that VM, B=64, H=512 (3-4 MB of weights), GRU and LSTM
 # forward 1.03-1.16x, forward+backward 1.04-1.07x against sharing the units
 # (Zen 3 had measured 0.95-1.14x there, Zen 4 0.94-1.10x, while the threads
-# took every other row rather than a block, see thread_rows).
+# took every other row rather than a block, see thread_rows).  But not in
+# an eval-mode forward, which shares the units wherever weight_hh is larger
+# than L2: measured on the Zen 5 VM (1 MB L2), alternating in one process,
+# forwards against sharing the rows: LSTM H=512 at B=64 0.99-1.06x (1.04x
+# the median of five runs), B=128 1.02-1.04x, B=256 1.05x; LSTM H=1024,
+# B=64 1.05x; GRU H=512, B=64 0.98-1.04x (1.00x).  A training forward there
+# kept the rows (sharing the units 0.99x: sharing the rows, it writes the
+# gates in place, see `direct`), and so did the backward (0.94-1.02x).
 cdef Py_ssize_t ROWS_PER_THREAD = 4
 cdef Py_ssize_t ROWS_BEYOND_L2 = 32
 cdef Py_ssize_t L2_BYTES = fr_l2_cache_bytes() or 512 * 1024   # unknown: Zen 3's
@@ -391,8 +398,9 @@ def group_bytes(nbytes=None):
     return previous
 
 
-cdef bint share_rows(int nt, Py_ssize_t B, Py_ssize_t packed_hh_bytes) noexcept:
-    return nt > 1 and B >= ROWS_PER_THREAD * nt and (packed_hh_bytes <= L2_BYTES or B >= ROWS_BEYOND_L2 * nt)
+cdef bint share_rows(int nt, Py_ssize_t B, Py_ssize_t packed_hh_bytes, bint inference) noexcept:
+    return nt > 1 and B >= ROWS_PER_THREAD * nt and (
+        packed_hh_bytes <= L2_BYTES or not inference and B >= ROWS_BEYOND_L2 * nt)
 
 
 # A thread's rows of the batch, sharing the rows: a block of consecutive
@@ -440,7 +448,7 @@ cdef inline bint warm() noexcept:
 
 
 cdef int team_size(double flops, double flops_per_step, int n_threads, Py_ssize_t H, Py_ssize_t nr,
-                   Py_ssize_t B, Py_ssize_t packed_hh_bytes):
+                   Py_ssize_t B, Py_ssize_t packed_hh_bytes, bint inference):
     """Threads for a time loop: at most one per panel of units (or per
     ROWS_PER_THREAD rows when they share the rows); one for small work,
     unless it comes in a loop (see WARM_SECONDS); one where the threads
@@ -454,7 +462,7 @@ cdef int team_size(double flops, double flops_per_step, int n_threads, Py_ssize_
     sizes."""
     cdef Py_ssize_t panels = (H + nr - 1) // nr
     cdef int n = n_threads if n_threads < panels else <int>panels
-    cdef bint rows = share_rows(n_threads, B, packed_hh_bytes)
+    cdef bint rows = share_rows(n_threads, B, packed_hh_bytes, inference)
     if rows:
         n = min(n_threads, B // ROWS_PER_THREAD)
     if n < 1 or (flops < MIN_PARALLEL_FLOPS and not (warm() and flops_per_step >= MIN_WARM_FLOPS_PER_STEP)):
@@ -992,12 +1000,12 @@ def forward(int cell,
     check_batch_sizes(batch_sizes, B)
     cdef Py_ssize_t packed_hh_bytes = W * H * sizeof(floating)
     cdef double flops = 2.0 * N * G * H * (I + H), flops_per_step = 2.0 * B * G * H * (I + H)
-    cdef int nt = team_size(flops, flops_per_step, n_threads, H, nr, B, packed_hh_bytes), tid, team
+    cdef int nt = team_size(flops, flops_per_step, n_threads, H, nr, B, packed_hh_bytes, not training), tid, team
     cdef bint ahead = project_ahead(nt, flops, flops_per_step, 2.0 * N * G * H * I, n_threads, N,
                                     max(AHEAD_ROWS, B))
     if ahead:
         nt = 2
-    cdef bint by_rows = not ahead and share_rows(nt, B, packed_hh_bytes)
+    cdef bint by_rows = not ahead and share_rows(nt, B, packed_hh_bytes, not training)
     # rows of a chunk: all of them when sharing the units, a thread's when
     # sharing the rows (each thread then has its own xw); at least a whole
     # step's, whatever team OpenMP gives.  Projecting ahead: two buffers of
@@ -1548,8 +1556,8 @@ def backward(int cell,
     if by_blocks and reverse and batch_sizes[batch_sizes.shape[0] - 1] != B:
         raise ValueError("backward: without h_prev, a reverse direction needs sequences of equal lengths")
     cdef Py_ssize_t packed_hh_bytes = fr_packed_len(H, GH, nr) * sizeof(floating)
-    cdef int nt = team_size(2.0 * N * GH * H, 2.0 * B * GH * H, n_threads, H, nr, B, packed_hh_bytes), tid, team
-    cdef bint by_rows = share_rows(nt, B, packed_hh_bytes)
+    cdef int nt = team_size(2.0 * N * GH * H, 2.0 * B * GH * H, n_threads, H, nr, B, packed_hh_bytes, False), tid, team
+    cdef bint by_rows = share_rows(nt, B, packed_hh_bytes, False)
     cdef Py_ssize_t f = sizeof(floating)
     if n_threads < 1:
         n_threads = 1
