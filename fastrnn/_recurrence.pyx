@@ -238,7 +238,7 @@ def zero_rows(floating[:, ::1] a, const Py_ssize_t[::1] rows):
 
 def scatter_rows(floating[:, ::1] out, const Py_ssize_t[::1] rows, const floating[:, ::1] a):
     """out[rows] = a, rows checked by the caller (Packing's rows_tb): NumPy's
-    fancy assignment took 42 us for 2000 rows of 128 floats, this 10."""
+    fancy assignment took 38 us for 2000 rows of 128 floats, this 25."""
     cdef Py_ssize_t i
     cdef size_t row_bytes = a.shape[1] * sizeof(floating)
     with nogil:
