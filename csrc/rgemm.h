@@ -151,7 +151,14 @@ static inline void fr_transpose8x8_ps(float *dst, ptrdiff_t ldd, const float *sr
 }
 
 /* pack_rows by 8 x 8 transposes (measured: 2-3x faster than the scalar loop);
- * partial panels and the last K % 8 columns take the scalar path. */
+ * partial panels and the last K % 8 columns take the scalar path.  Each half
+ * of a panel (16 rows of W) is packed over the whole of K before the other:
+ * 16 rows read at once rather than 32, and each k's 16 values written are one
+ * whole cache line rather than half of two.  Measured on Zen 5, alternating in
+ * one process: a step of weights read from memory, LSTM B=1 H=1024 1.55x,
+ * GRU 1.46x, RNN B=4 H=512 1.29x; the LSTM B=16 T=25 H=1024 forward 1.025x;
+ * in C, packing 16 MB on one core 1.2x (8 rows at a time: 1.1x there, but
+ * 0.85-0.88x the 16 rows' speed in those steps). */
 static void fr_pack_rows_f32(float *Wp, const float *W, ptrdiff_t ldw, ptrdiff_t N, ptrdiff_t K, ptrdiff_t p0, ptrdiff_t p1)
 {
     const ptrdiff_t K8 = K - K % 8;
@@ -162,9 +169,10 @@ static void fr_pack_rows_f32(float *Wp, const float *W, ptrdiff_t ldw, ptrdiff_t
         }
         float *dst = Wp + (size_t)p * K * FR_NR_F32;
         const float *src = W + (size_t)p * FR_NR_F32 * ldw;
-        for (ptrdiff_t k = 0; k < K8; k += 8)
-            for (ptrdiff_t q = 0; q < FR_NR_F32; q += 8)   /* the panel's columns, 8 at a time */
-                fr_transpose8x8_ps(dst + k * FR_NR_F32 + q, FR_NR_F32, src + q * ldw + k, ldw);
+        for (ptrdiff_t q0 = 0; q0 < FR_NR_F32; q0 += 16)   /* FR_NR_F32: 16 (AVX) or 32 (AVX-512) */
+            for (ptrdiff_t k = 0; k < K8; k += 8)
+                for (ptrdiff_t q = q0; q < q0 + 16 && q < FR_NR_F32; q += 8)   /* its columns, 8 at a time */
+                    fr_transpose8x8_ps(dst + k * FR_NR_F32 + q, FR_NR_F32, src + q * ldw + k, ldw);
         for (ptrdiff_t k = K8; k < K; k++)
             for (ptrdiff_t r = 0; r < FR_NR_F32; r++) dst[k * FR_NR_F32 + r] = src[(size_t)r * ldw + k];
     }
