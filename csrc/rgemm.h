@@ -449,4 +449,135 @@ FR_DEFINE_KERNELS(float, f32, float, float, FR_NR_F32)
 FR_DEFINE_KERNELS(double, f64, double, double, FR_NR_F64)
 #endif
 
+/* A single step's product for a few rows, read straight from the rows of W:
+ * C (M x NR) [+]= A (M x K) @ W[0:nv].T [+ bias] for one panel, the rows of W
+ * past nv taken as zeros, M <= FR_ROW_PRODUCT_ROWS.  W's rows are transposed
+ * in registers, a vector of k at a time, and each row of A takes them k after
+ * k: every element of C gets the operations of the kernels on the packed
+ * panel (acc += a * w from k = 0, then the bias, then into C), in the same
+ * order, so the same bits; but W is read once, where packing it for one step
+ * reads it, writes the panel and reads that back.  Each half of the panel
+ * (16 rows of W) over all of K, then the other, as fr_pack_rows_f32 does: in
+ * one pass over both halves, 32 rows read at once, it lost to packing.
+ * Measured on Zen 5, a step against packing, alternating in one process:
+ * B=1: RNN H=1024 1.24x, LSTM H=128 1.27x, H=512 1.14-1.28x, H=1024 (from
+ * memory) 1.29x, GRU H=256 1.10x, LSTM H=64 0.97-1.04x; B=2: RNN H=1024 1.24x,
+ * LSTM H=512 1.08x.  At 3 and 4 rows it lost (RNN H=1024 0.88x, LSTM H=512
+ * 0.88x): FR_ROW_PRODUCT_ROWS is 2. */
+#if FR_VECTOR_EXTENSIONS && (defined(__AVX512F__) || defined(__AVX__))
+#define FR_ROW_PRODUCT 1
+#define FR_ROW_PRODUCT_ROWS 2
+#if defined(__AVX512F__)
+#define FR_RV 16   /* floats in a vector */
+/* r[i] = row i of a 16 x 16 block -> r[j] = its column j */
+static inline void fr_transpose_regs(__m512 r[16])
+{
+    __m512 t[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {
+        __m512d a = _mm512_castps_pd(t[i]), b = _mm512_castps_pd(t[i + 1]);
+        __m512d c = _mm512_castps_pd(t[i + 2]), d = _mm512_castps_pd(t[i + 3]);
+        r[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+        r[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+        r[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+        r[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+    }
+    /* r[4q + j], 128-bit lane l: column 4l + j of rows 4q .. 4q + 3 */
+    for (int j = 0; j < 4; j++) {
+        t[j] = _mm512_shuffle_f32x4(r[j], r[4 + j], 0x88);
+        t[4 + j] = _mm512_shuffle_f32x4(r[j], r[4 + j], 0xdd);
+        t[8 + j] = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0x88);
+        t[12 + j] = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0xdd);
+    }
+    for (int j = 0; j < 4; j++) {
+        r[j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0x88);
+        r[8 + j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0xdd);
+        r[4 + j] = _mm512_shuffle_f32x4(t[4 + j], t[12 + j], 0x88);
+        r[12 + j] = _mm512_shuffle_f32x4(t[4 + j], t[12 + j], 0xdd);
+    }
+}
+typedef __m512 fr_rv;
+#define FR_RV_LOAD _mm512_loadu_ps
+#define FR_RV_ZERO _mm512_setzero_ps
+#else
+#define FR_RV 8
+static inline void fr_transpose_regs(__m256 r[8])
+{
+    __m256 t[8], u[8];
+    for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 8; i += 4) {
+        u[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+        u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+        u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+    }
+    for (int j = 0; j < 4; j++) {
+        r[j] = _mm256_permute2f128_ps(u[j], u[4 + j], 0x20);
+        r[4 + j] = _mm256_permute2f128_ps(u[j], u[4 + j], 0x31);
+    }
+}
+typedef __m256 fr_rv;
+#define FR_RV_LOAD _mm256_loadu_ps
+#define FR_RV_ZERO _mm256_setzero_ps
+#endif
+#if FR_NR_F32 != 2 * FR_RV
+#error "a panel is two vectors"
+#endif
+static inline __attribute__((always_inline)) void fr_row_product_rows(
+    const int M, ptrdiff_t K, const float *A, ptrdiff_t lda, const float *W, ptrdiff_t ldw, ptrdiff_t nv,
+    float *C, ptrdiff_t ldc, int accumulate, const float *bias)
+{
+    fr_vf acc[FR_ROW_PRODUCT_ROWS][2];
+    fr_rv t[FR_RV];
+    const ptrdiff_t kv = K - K % FR_RV;
+    for (int r = 0; r < M; r++) acc[r][0] = acc[r][1] = (fr_vf){0};
+    for (int h = 0; h < 2; h++)   /* the panel's two halves: its columns 0-15 and 16-31 */
+        for (ptrdiff_t k = 0; k < kv; k += FR_RV) {
+            for (int i = 0; i < FR_RV; i++)
+                t[i] = h * FR_RV + i < nv ? FR_RV_LOAD(W + (h * FR_RV + i) * ldw + k) : FR_RV_ZERO();
+            fr_transpose_regs(t);
+            for (int j = 0; j < FR_RV; j++)
+                for (int r = 0; r < M; r++) acc[r][h] += A[r * lda + k + j] * (fr_vf)t[j];
+        }
+    for (ptrdiff_t k = kv; k < K; k++) {
+        float w[2 * FR_RV];
+        for (int i = 0; i < 2 * FR_RV; i++) w[i] = i < nv ? W[i * ldw + k] : 0;
+        for (int r = 0; r < M; r++) {
+            acc[r][0] += A[r * lda + k] * *(const fr_vf_u *)w;
+            acc[r][1] += A[r * lda + k] * *(const fr_vf_u *)(w + FR_RV);
+        }
+    }
+    for (int r = 0; r < M; r++) {
+        if (bias) { acc[r][0] += *(const fr_vf_u *)bias; acc[r][1] += *(const fr_vf_u *)(bias + FR_RV); }
+        fr_vf_u *c0 = (fr_vf_u *)(C + r * ldc), *c1 = (fr_vf_u *)(C + r * ldc + FR_RV);
+        if (accumulate) { *c0 += acc[r][0]; *c1 += acc[r][1]; }
+        else { *c0 = acc[r][0]; *c1 = acc[r][1]; }
+    }
+}
+static void fr_row_product_f32(ptrdiff_t M, ptrdiff_t K, const float *A, ptrdiff_t lda, const float *W,
+                               ptrdiff_t ldw, ptrdiff_t nv, float *C, ptrdiff_t ldc, int accumulate,
+                               const float *bias)
+{
+    if (M == 1)   /* the rows a constant in each copy: the accumulators in registers */
+        fr_row_product_rows(1, K, A, lda, W, ldw, nv, C, ldc, accumulate, bias);
+    else
+        fr_row_product_rows(2, K, A, lda, W, ldw, nv, C, ldc, accumulate, bias);
+}
+#else
+#define FR_ROW_PRODUCT 0
+#define FR_ROW_PRODUCT_ROWS 0
+static void fr_row_product_f32(ptrdiff_t M, ptrdiff_t K, const float *A, ptrdiff_t lda, const float *W,
+                               ptrdiff_t ldw, ptrdiff_t nv, float *C, ptrdiff_t ldc, int accumulate,
+                               const float *bias)
+{   /* never called: FR_ROW_PRODUCT_ROWS is 0 */
+    (void)M; (void)K; (void)A; (void)lda; (void)W; (void)ldw; (void)nv; (void)C; (void)ldc; (void)accumulate; (void)bias;
+}
+#endif
+
 #endif

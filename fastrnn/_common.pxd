@@ -37,6 +37,11 @@ cdef extern from "rgemm.h" nogil:
     void fr_transpose_f32(float *dst, Py_ssize_t ldd, const float *src, Py_ssize_t lds, Py_ssize_t rows, Py_ssize_t cols)
     void fr_transpose_f64(double *dst, Py_ssize_t ldd, const double *src, Py_ssize_t lds, Py_ssize_t rows, Py_ssize_t cols)
     enum:
+        FR_ROW_PRODUCT_ROWS
+    void fr_row_product_f32(Py_ssize_t M, Py_ssize_t K, const float *A, Py_ssize_t lda, const float *W,
+                            Py_ssize_t ldw, Py_ssize_t nv, float *C, Py_ssize_t ldc, int accumulate,
+                            const float *bias)
+    enum:
         FR_WIDE
     int fr_wide_kernels
     size_t fr_group_bytes

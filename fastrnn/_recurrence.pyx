@@ -51,7 +51,7 @@ from libc.string cimport memcpy, memset
 
 from fastrnn._common cimport (
     floating, sigmoid, tanh, relu, rgemm, transpose, pack_rows, pack_cols, panel_width, fr_packed_len,
-    FR_HAVE_OPENMP, FR_WIDE, fr_wide_kernels, fr_group_bytes, fr_cpu_has_avx2_fma, fr_cpu_has_avx512,
+    FR_HAVE_OPENMP, FR_WIDE, FR_ROW_PRODUCT_ROWS, fr_row_product_f32, fr_wide_kernels, fr_group_bytes, fr_cpu_has_avx2_fma, fr_cpu_has_avx512,
     fr_cpu_avx512_half_width, fr_l2_cache_bytes, fr_compiled_for, fr_omp_get_max_threads, fr_omp_get_thread_num,
     fr_omp_get_num_threads, fr_omp_barrier, fr_omp_get_wtime, fr_barrier, fr_barrier_init, fr_barrier_wait,
     fr_flag_raise, fr_flag_raised, fr_take_next)
@@ -728,6 +728,14 @@ cdef void weights_product(Py_ssize_t m, Py_ssize_t ncols, Py_ssize_t K, const fl
         return
     cdef Py_ssize_t nr = panel_width(<floating>0), P = ncols // nr, p, i, q, g, first
     cdef floating *dst
+    if floating is float:   # a step of one or two rows: not even a panel packed (fr_row_product_f32)
+        if wbuf != NULL and 0 < m <= FR_ROW_PRODUCT_ROWS:
+            for p in range(P):
+                g = p * nr // gw
+                first = p * nr - g * gw
+                fr_row_product_f32(m, K, a, lda, w + (g * H + u0 + first) * K, K, min(nr, units - first),
+                                   c + p * nr, ldc, accumulate, NULL if bias == NULL else bias + p * nr)
+            return
     for p in range(0, P, 4):
         q = min(4, P - p)
         dst = packed + p * nr * K if pack else wbuf
@@ -1711,3 +1719,4 @@ def linear_backward(floating[:, ::1] dx,           # (N, in) OUT, or (0, in): no
             for c in range(O):
                 dbias[c] += <floating>sums[c]
     call_ended()
+
