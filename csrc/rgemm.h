@@ -462,10 +462,10 @@ FR_DEFINE_KERNELS(double, f64, double, double, FR_NR_F64)
  * Measured on Zen 5, a step against packing, alternating in one process:
  * B=1: RNN H=1024 1.24x, LSTM H=128 1.27x, H=512 1.14-1.28x, H=1024 (from
  * memory) 1.29x, GRU H=256 1.10x, LSTM H=64 0.97-1.04x; B=2: RNN H=1024 1.24x,
- * LSTM H=512 1.08x.  At 3 and 4 rows it lost (RNN H=1024 0.88x, LSTM H=512
- * 0.88x): FR_ROW_PRODUCT_ROWS is 2. */
+ * LSTM H=512 1.08x.  Rows 3 and 4 run slower a row than 1 and 2 (in C, one
+ * core, 4 MB of W: 9.6 and 11 floats of W a ns against 14-15), and in the
+ * layers B=3 read 0.90-0.99x, B=4 1.04-1.43x: FR_ROW_PRODUCT_ROWS is 2. */
 #if FR_VECTOR_EXTENSIONS && (defined(__AVX512F__) || defined(__AVX__))
-#define FR_ROW_PRODUCT 1
 #define FR_ROW_PRODUCT_ROWS 2
 #if defined(__AVX512F__)
 #define FR_RV 16   /* floats in a vector */
@@ -533,31 +533,30 @@ static inline __attribute__((always_inline)) void fr_row_product_rows(
     const int M, ptrdiff_t K, const float *A, ptrdiff_t lda, const float *W, ptrdiff_t ldw, ptrdiff_t nv,
     float *C, ptrdiff_t ldc, int accumulate, const float *bias)
 {
-    fr_vf acc[FR_ROW_PRODUCT_ROWS][2];
-    fr_rv t[FR_RV];
     const ptrdiff_t kv = K - K % FR_RV;
-    for (int r = 0; r < M; r++) acc[r][0] = acc[r][1] = (fr_vf){0};
-    for (int h = 0; h < 2; h++)   /* the panel's two halves: its columns 0-15 and 16-31 */
+    for (int h = 0; h < 2; h++) {   /* the panel's two halves: its columns 0-15 and 16-31 */
+        const float *Wh = W + h * FR_RV * ldw;
+        const ptrdiff_t nh = nv - h * FR_RV;   /* rows of W in this half */
+        fr_vf acc[FR_ROW_PRODUCT_ROWS];
+        fr_rv t[FR_RV];
+        for (int r = 0; r < M; r++) acc[r] = (fr_vf){0};
         for (ptrdiff_t k = 0; k < kv; k += FR_RV) {
-            for (int i = 0; i < FR_RV; i++)
-                t[i] = h * FR_RV + i < nv ? FR_RV_LOAD(W + (h * FR_RV + i) * ldw + k) : FR_RV_ZERO();
+            for (int i = 0; i < FR_RV; i++) t[i] = i < nh ? FR_RV_LOAD(Wh + i * ldw + k) : FR_RV_ZERO();
             fr_transpose_regs(t);
             for (int j = 0; j < FR_RV; j++)
-                for (int r = 0; r < M; r++) acc[r][h] += A[r * lda + k + j] * (fr_vf)t[j];
+                for (int r = 0; r < M; r++) acc[r] += A[r * lda + k + j] * (fr_vf)t[j];
         }
-    for (ptrdiff_t k = kv; k < K; k++) {
-        float w[2 * FR_RV];
-        for (int i = 0; i < 2 * FR_RV; i++) w[i] = i < nv ? W[i * ldw + k] : 0;
+        for (ptrdiff_t k = kv; k < K; k++) {
+            float w[FR_RV];
+            for (int i = 0; i < FR_RV; i++) w[i] = i < nh ? Wh[i * ldw + k] : 0;
+            for (int r = 0; r < M; r++) acc[r] += A[r * lda + k] * *(const fr_vf_u *)w;
+        }
         for (int r = 0; r < M; r++) {
-            acc[r][0] += A[r * lda + k] * *(const fr_vf_u *)w;
-            acc[r][1] += A[r * lda + k] * *(const fr_vf_u *)(w + FR_RV);
+            if (bias) acc[r] += *(const fr_vf_u *)(bias + h * FR_RV);
+            fr_vf_u *c = (fr_vf_u *)(C + r * ldc + h * FR_RV);
+            if (accumulate) *c += acc[r];
+            else *c = acc[r];
         }
-    }
-    for (int r = 0; r < M; r++) {
-        if (bias) { acc[r][0] += *(const fr_vf_u *)bias; acc[r][1] += *(const fr_vf_u *)(bias + FR_RV); }
-        fr_vf_u *c0 = (fr_vf_u *)(C + r * ldc), *c1 = (fr_vf_u *)(C + r * ldc + FR_RV);
-        if (accumulate) { *c0 += acc[r][0]; *c1 += acc[r][1]; }
-        else { *c0 = acc[r][0]; *c1 = acc[r][1]; }
     }
 }
 static void fr_row_product_f32(ptrdiff_t M, ptrdiff_t K, const float *A, ptrdiff_t lda, const float *W,
@@ -570,7 +569,6 @@ static void fr_row_product_f32(ptrdiff_t M, ptrdiff_t K, const float *A, ptrdiff
         fr_row_product_rows(2, K, A, lda, W, ldw, nv, C, ldc, accumulate, bias);
 }
 #else
-#define FR_ROW_PRODUCT 0
 #define FR_ROW_PRODUCT_ROWS 0
 static void fr_row_product_f32(ptrdiff_t M, ptrdiff_t K, const float *A, ptrdiff_t lda, const float *W,
                                ptrdiff_t ldw, ptrdiff_t nv, float *C, ptrdiff_t ldc, int accumulate,
