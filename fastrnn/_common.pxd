@@ -38,6 +38,9 @@ cdef extern from "rgemm.h" nogil:
     void fr_transpose_f64(double *dst, Py_ssize_t ldd, const double *src, Py_ssize_t lds, Py_ssize_t rows, Py_ssize_t cols)
     enum:
         FR_ROW_PRODUCT_ROWS
+        FR_COLS_PRODUCT_ROWS
+    void fr_cols_product_f32(Py_ssize_t M, Py_ssize_t n, Py_ssize_t K, const float *A, Py_ssize_t lda,
+                             const float *S, Py_ssize_t lds, float *C, Py_ssize_t ldc, int accumulate)
     void fr_row_product_f32(Py_ssize_t M, Py_ssize_t K, const float *A, Py_ssize_t lda, const float *W,
                             Py_ssize_t ldw, Py_ssize_t nv, float *C, Py_ssize_t ldc, int accumulate,
                             const float *bias)

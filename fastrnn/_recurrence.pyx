@@ -51,7 +51,8 @@ from libc.string cimport memcpy, memset
 
 from fastrnn._common cimport (
     floating, sigmoid, tanh, relu, rgemm, transpose, pack_rows, pack_cols, panel_width, fr_packed_len,
-    FR_HAVE_OPENMP, FR_WIDE, FR_ROW_PRODUCT_ROWS, fr_row_product_f32, fr_wide_kernels, fr_group_bytes, fr_cpu_has_avx2_fma, fr_cpu_has_avx512,
+    FR_HAVE_OPENMP, FR_WIDE, FR_ROW_PRODUCT_ROWS, fr_row_product_f32, FR_COLS_PRODUCT_ROWS, fr_cols_product_f32,
+    fr_wide_kernels, fr_group_bytes, fr_cpu_has_avx2_fma, fr_cpu_has_avx512,
     fr_cpu_avx512_half_width, fr_l2_cache_bytes, fr_compiled_for, fr_omp_get_max_threads, fr_omp_get_thread_num,
     fr_omp_get_num_threads, fr_omp_barrier, fr_omp_get_wtime, fr_barrier, fr_barrier_init, fr_barrier_wait,
     fr_flag_raise, fr_flag_raised, fr_take_next)
@@ -1280,6 +1281,45 @@ cdef void pack_columns(floating *packed, const floating *s, Py_ssize_t lds, Py_s
         pack_cols(packed, s, lds, n, k, i, i + 1)
 
 
+cdef inline bint unpacked_columns(floating *c, Py_ssize_t m) noexcept nogil:
+    """A product of m rows with a matrix by columns reads the matrix where it
+    is, unpacked (fr_cols_product_f32), rather than packed first (c, the
+    product's output, only gives the type)."""
+    if floating is float:
+        return 0 < m <= FR_COLS_PRODUCT_ROWS
+    return False
+
+
+cdef inline void cols_product(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating *a, Py_ssize_t lda,
+                              const floating *s, Py_ssize_t lds, floating *c, Py_ssize_t ldc,
+                              bint accumulate) noexcept nogil:
+    """c (m, n) [+]= a (m, k) @ s (k, n), s read where it is (unpacked_columns)."""
+    if floating is float:
+        fr_cols_product_f32(m, n, k, a, lda, s, lds, c, ldc, accumulate)
+
+
+cdef void columns_product(floating *c, Py_ssize_t ldc, const floating *a, Py_ssize_t lda,
+                          const floating *s, Py_ssize_t lds, floating *packed, Py_ssize_t m, Py_ssize_t n,
+                          Py_ssize_t k, bint accumulate, int n_threads, double min_flops) noexcept nogil:
+    """c (m, n) [+]= a (m, k) @ s (k, n): s packed by columns into `packed`
+    first, then rows_product; or, for the few rows of unpacked_columns, read
+    where it is, the threads taking its panels (whose results do not depend
+    on how they are shared)."""
+    cdef Py_ssize_t nr = panel_width(<floating>0), n_panels = (n + nr - 1) // nr, i, j0, j1
+    cdef int threads = n_threads if n_threads < n_panels else <int>n_panels
+    if not unpacked_columns(c, m):
+        pack_columns(packed, s, lds, n, k, n_threads, min_flops)
+        rows_product(c, ldc, a, lda, packed, m, n, k, accumulate, NULL, n_threads, min_flops)
+        return
+    if 2.0 * m * n * k < min_flops:
+        threads = 1
+    for i in prange(threads, num_threads=threads, schedule='static'):
+        j0 = i * n_panels // threads * nr
+        j1 = min((i + 1) * n_panels // threads * nr, n)
+        if j1 > j0:
+            cols_product(m, j1 - j0, k, a, lda, s + j0, lds, c + j0, ldc, accumulate)
+
+
 # --- backward -----------------------------------------------------------------
 
 cdef Py_ssize_t BACKWARD_BLOCK = 64   # steps between two chances to check for Ctrl-C
@@ -1451,7 +1491,9 @@ cdef void backward_thread(
     cdef Py_ssize_t s_hi = S - 1, s_lo = 0, k0 = 0, kc = 0, blk = 0, t, taken = -1
     cdef Py_ssize_t n_tiles = tile_count(H, nt), len_prev = fr_packed_len(H, rows_max, nr)
     cdef floating *prev = NULL
-    if pk.u1 > pk.u0:
+    # a single step of few rows: its products read weight_hh unpacked (columns_product)
+    cdef bint unpacked = S == 1 and unpacked_columns(dh, B)
+    if pk.u1 > pk.u0 and not unpacked:
         pack_cols(packed, w_hh, H, H, K, pk.p0, pk.p0 + pk.width // nr)
         if cell == GRU_RESET_BEFORE:
             pack_cols(packed_hn, w_hh + 2 * H * H, H, H, H, pk.p0, pk.p0 + pk.width // nr)
@@ -1482,8 +1524,12 @@ cdef void backward_thread(
                 if not by_rows:
                     fr_barrier_wait(barrier, &sense)    # every thread's share of dn is in place
                 if busy:   # d(r * h) = dn @ W_hn, then dr
-                    rgemm(m, n, H, d + j0 * GH + 2 * H, GH, packed_hn + sp.p0 * nr * H, drh + j0 * H + u0,
-                          H, False)
+                    if unpacked:
+                        cols_product(m, n, H, d + j0 * GH + 2 * H, GH, w_hh + 2 * H * H + u0, H,
+                                     drh + j0 * H + u0, H, False)
+                    else:
+                        rgemm(m, n, H, d + j0 * GH + 2 * H, GH, packed_hn + sp.p0 * nr * H, drh + j0 * H + u0,
+                              H, False)
                     for j in range(j0, j0 + m):
                         r = row_at(steps, s, j)
                         gru_reset_before_reset_backward_step(n, H, gates + r * GH + u0, d + j * GH + u0,
@@ -1517,7 +1563,10 @@ cdef void backward_thread(
         s_hi = s_lo - 1
     if busy:   # the gradient of the initial state
         m = own_rows(steps.batch_sizes[0], &mine)
-        rgemm(m, n, K, dhw + j0 * GH, GH, packed + sp.p0 * nr * K, dh + j0 * H + u0, H, add_to_dh)
+        if unpacked:
+            cols_product(m, n, K, dhw + j0 * GH, GH, w_hh + u0, H, dh + j0 * H + u0, H, add_to_dh)
+        else:
+            rgemm(m, n, K, dhw + j0 * GH, GH, packed + sp.p0 * nr * K, dh + j0 * H + u0, H, add_to_dh)
 
 
 def backward(int cell,
@@ -1648,9 +1697,8 @@ def backward(int cell,
             weight_grads(&dweight_hh[2 * H, 0], NULL, NULL, &gates[0, 2 * H], GH, H, 0, NULL,
                          saved_ptr, H, NULL, 0, N, NULL, packed_h, NULL, gt, n_threads, min_flops)
         # dx = dxw @ weight_ih, last: x is read no more, so dx may be x itself
-        pack_columns(packed_w_ih, &weight_ih[0, 0], I, I, GH, n_threads, min_flops)
-        rows_product(&dx[0, 0], I, &gates[0, 0], GH, packed_w_ih, N, I, GH, accumulate_dx, NULL, n_threads,
-                     min_flops)
+        columns_product(&dx[0, 0], I, &gates[0, 0], GH, &weight_ih[0, 0], I, packed_w_ih, N, I, GH,
+                        accumulate_dx, n_threads, min_flops)
         if has_bias:
             for c in range(GH):
                 dbias_ih[c] += <floating>sums[c]
@@ -1711,8 +1759,8 @@ def linear_backward(floating[:, ::1] dx,           # (N, in) OUT, or (0, in): no
         if sums != NULL:
             memset(sums, 0, O * sizeof(double))
         if dx.shape[0] > 0:
-            pack_columns(packed_w, &weight[0, 0], I, I, O, n_threads, min_flops)
-            rows_product(&dx[0, 0], I, &dy[0, 0], O, packed_w, N, I, O, False, NULL, n_threads, min_flops)
+            columns_product(&dx[0, 0], I, &dy[0, 0], O, &weight[0, 0], I, packed_w, N, I, O, False, n_threads,
+                            min_flops)
         weight_grads(&dweight[0, 0], NULL, NULL, &dy[0, 0], O, O, 0, NULL, &x[0, 0], I, NULL, 0, N, sums,
                      packed_x, NULL, gt, n_threads, min_flops)
         if sums != NULL:

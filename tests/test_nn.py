@@ -65,6 +65,24 @@ def test_product_kernels_for_every_row_count(dtype, wide_kernels):
             assert np.array_equal(y[m - 1:m], alone), f"row {m - 1} of {m} differs from the row alone"
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_linear_dx_of_few_rows_gives_the_bits_of_more(dtype):
+    """Linear's dx of one or two rows (float32) reads the weight where it is
+    (fr_cols_product_f32) rather than packed by columns: each row of dx has
+    the bits of the same row among 40 (widths of one to ten panels, partial
+    ones too)."""
+    rng = np.random.default_rng(6)
+    for n_in, n_out in ((7, 300), (64, 33), (130, 257)):
+        lin = nn.Linear(n_in, n_out, dtype=dtype, seed=n_out)
+        x = rng.standard_normal((40, n_in)).astype(dtype)
+        dy = rng.standard_normal((40, n_out)).astype(dtype)
+        lin(x)
+        dx = lin.backward(dy)
+        for rows in (slice(0, 1), slice(5, 7), slice(39, 40), slice(0, 3)):
+            lin(x[rows])
+            assert np.array_equal(lin.backward(dy[rows]), dx[rows]), f"dx of rows {rows}"
+
+
 def test_embedding_gradient_accumulates_into_used_rows():
     emb = nn.Embedding(6, 3, dtype=np.float64, seed=0)
     ids = np.array([[1, 4, 1], [0, 1, 4]])

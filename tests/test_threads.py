@@ -149,6 +149,36 @@ def test_one_step_at_a_time_gives_the_same_bits(restore_threads, mode, dtype, th
         assert np.array_equal(cell_hx[0] if isinstance(cell_hx, tuple) else cell_hx, y[t]), f"cell step {t}"
 
 
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_a_step_of_few_rows_backward_gives_the_bits_of_a_larger_batch(restore_threads, mode, threads):
+    """The backward of a single step of one or two rows reads weight_ih and
+    weight_hh where they are (fr_cols_product_f32) rather than packed by
+    columns first: its dx and dh (and dc) rows have the bits of the same rows
+    in a batch of five, whose products read the packed copies.  H=136 and
+    I=40: a partial last panel in both."""
+    fastrnn.set_num_threads(threads)
+    rng = np.random.default_rng(9)
+    I, H, B = 40, 136, 5
+    cell = make_cell(mode, I, H, dtype=np.float32, seed=4)
+    x = rng.standard_normal((B, I)).astype(np.float32)
+    h, c, dh, dc = (rng.standard_normal((B, H)).astype(np.float32) for _ in range(4))
+
+    def step_backward(rows):
+        if mode == "LSTM":
+            cell(x[rows], (h[rows], c[rows]))
+            dx, (dh_prev, dc_prev) = cell.backward(dh[rows], dc[rows])
+            return dx, dh_prev, dc_prev
+        cell(x[rows], h[rows])
+        dx, dh_prev = cell.backward(dh[rows])
+        return dx, dh_prev, np.empty((len(range(B)[rows]), 0), np.float32)
+
+    whole = step_backward(slice(0, B))
+    for rows in (slice(0, 1), slice(1, 3), slice(4, 5)):
+        for name, part, full in zip(("dx", "dh", "dc"), step_backward(rows), whole):
+            assert np.array_equal(part, full[rows]), f"{name} of rows {rows} differs"
+
+
 @pytest.mark.parametrize("mode", ["RNN_TANH", "RNN_RELU"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("case", ["forward", "ragged", "reverse", "one row", "more rows than a block"])
