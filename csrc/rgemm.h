@@ -457,11 +457,11 @@ FR_DEFINE_KERNELS(double, f64, double, double, FR_NR_F64)
  * panel (acc += a * w from k = 0, then the bias, then into C), in the same
  * order, so the same bits; but W is read once, where packing it for one step
  * reads it, writes the panel and reads that back.  Each half of the panel
- * (16 rows of W) over all of K, then the other, as fr_pack_rows_f32 does: in
+ * (FR_RV rows of W: 16 with AVX-512, 8 with AVX2) over all of K, then the other, as fr_pack_rows_f32 does: in
  * one pass over both halves, 32 rows read at once, it lost to packing.
  * Measured on Zen 5, a step against packing, alternating in one process:
  * B=1: RNN H=1024 1.24x, LSTM H=128 1.27x, H=512 1.14-1.28x, H=1024 (from
- * memory) 1.29x, GRU H=256 1.10x, LSTM H=64 0.97-1.04x; B=2: RNN H=1024 1.24x,
+ * memory) 1.29x, GRU H=256 1.10x, LSTM H=64 0.96-1.03x; B=2: RNN H=1024 1.24x,
  * LSTM H=512 1.08x.  Rows 3 and 4 run slower a row than 1 and 2 (in C, one
  * core, 4 MB of W: 9.6 and 11 floats of W a ns against 14-15), and in the
  * layers B=3 read 0.90-0.99x, B=4 1.04-1.43x: FR_ROW_PRODUCT_ROWS is 2. */
@@ -534,7 +534,7 @@ static inline __attribute__((always_inline)) void fr_row_product_rows(
     float *C, ptrdiff_t ldc, int accumulate, const float *bias)
 {
     const ptrdiff_t kv = K - K % FR_RV;
-    for (int h = 0; h < 2; h++) {   /* the panel's two halves: its columns 0-15 and 16-31 */
+    for (int h = 0; h < 2; h++) {   /* the panel's two halves: columns [0, FR_RV), [FR_RV, 2 FR_RV) */
         const float *Wh = W + h * FR_RV * ldw;
         const ptrdiff_t nh = nv - h * FR_RV;   /* rows of W in this half */
         fr_vf acc[FR_ROW_PRODUCT_ROWS];
