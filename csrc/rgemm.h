@@ -60,11 +60,11 @@
 #if defined(__AVX512F__)
 #define FR_WIDE 1
 #define FR_KERNEL_12(SFX) fr_kernel_##SFX##_12x1
-#define FR_DEFINE_KERNEL_12(T, SFX, V, VU, NR) FR_DEFINE_KERNEL(T, SFX, V, VU, NR, 12, 1)
+#define FR_DEFINE_KERNEL_12(T, SFX, V, VU, NR, AT) FR_DEFINE_KERNEL(T, SFX, V, VU, NR, 12, 1, AT)
 #else
 #define FR_WIDE 0
 #define FR_KERNEL_12(SFX) fr_kernel_##SFX##_6x1   /* never called */
-#define FR_DEFINE_KERNEL_12(T, SFX, V, VU, NR)
+#define FR_DEFINE_KERNEL_12(T, SFX, V, VU, NR, AT)
 #endif
 /* Set once, at import (or by a test), before any product runs. */
 static int fr_wide_kernels = FR_WIDE;
@@ -203,6 +203,9 @@ static void fr_transpose_f64(double *dst, ptrdiff_t ldd, const double *src, ptrd
         for (ptrdiff_t c = 0; c < cols; c++) dst[c * ldd + r] = src[r * lds + c];
 }
 
+/* Where A[r, k] is: A in rows lda apart (AT 0), or A^T in rows lda apart (AT 1). */
+#define FR_AT(AT, r, k, lda) ((AT) ? (k) * (lda) + (r) : (r) * (lda) + (k))
+
 /* Write (or add) a kernel's R x NR block to C, only the first ncols columns. */
 #define FR_STORE_BLOCK(T, NR, tile, C, ldc, R, ncols, accumulate)                    \
     for (int r_ = 0; r_ < (R); r_++) {                                               \
@@ -228,7 +231,7 @@ typedef double fr_vd_u __attribute__((vector_size(FR_VECTOR_BYTES), aligned(8)))
 #else
 #define FR_NOINLINE
 #endif
-#define FR_DEFINE_KERNEL(T, SFX, V, VU, NR, R, P)                                    \
+#define FR_DEFINE_KERNEL(T, SFX, V, VU, NR, R, P, AT)                                \
 static FR_NOINLINE void fr_kernel_##SFX##_##R##x##P(                                 \
     ptrdiff_t K, const T *A, ptrdiff_t lda, const T *Wp, T *C, ptrdiff_t ldc,                       \
     int accumulate, ptrdiff_t ncols, const T *bias)                                       \
@@ -252,14 +255,14 @@ static FR_NOINLINE void fr_kernel_##SFX##_##R##x##P(                            
                 w[2 * p + 1] = *(const VU *)(Wp + p * pstride + k * NR + NR / 2);    \
             }                                                                        \
             for (int r = 0; r < R; r++) {                                            \
-                T a = A[r * lda + k];                                                \
+                T a = A[FR_AT(AT, r, k, lda)];                                       \
                 for (int v = 0; v < 2 * P; v++) acc[r][v] += a * w[v];               \
             }                                                                        \
         } else {       /* several panels: the rows' values held, the panels' vectors \
                         * streamed one at a time (holding all of them as well took   \
                         * more than the 16 registers: spills, half speed at M <= 3) */ \
             T a[R];                                                                  \
-            for (int r = 0; r < R; r++) a[r] = A[r * lda + k];                       \
+            for (int r = 0; r < R; r++) a[r] = A[FR_AT(AT, r, k, lda)];              \
             for (int v = 0; v < 2 * P; v++) {                                        \
                 V w = *(const VU *)(Wp + (v / 2) * pstride + k * NR + (v % 2) * (NR / 2)); \
                 for (int r = 0; r < R; r++) acc[r][v] += a[r] * w;                   \
@@ -294,7 +297,7 @@ static FR_NOINLINE void fr_kernel_##SFX##_##R##x##P(                            
 
 #else  /* no vector extensions (MSVC): the same arithmetic, one lane at a time */
 
-#define FR_DEFINE_KERNEL(T, SFX, V, VU, NR, R, P)                                    \
+#define FR_DEFINE_KERNEL(T, SFX, V, VU, NR, R, P, AT)                                \
 static inline void fr_kernel_##SFX##_##R##x##P(                                      \
     ptrdiff_t K, const T *A, ptrdiff_t lda, const T *Wp, T *C, ptrdiff_t ldc,                       \
     int accumulate, ptrdiff_t ncols, const T *bias)                                       \
@@ -308,7 +311,7 @@ static inline void fr_kernel_##SFX##_##R##x##P(                                 
         for (int i = 0; i < R * NR; i++) tile[i] = 0;                                \
         for (ptrdiff_t k = 0; k < K; k++)                                                 \
             for (int r = 0; r < R; r++) {                                            \
-                T a = A[r * lda + k];                                                \
+                T a = A[FR_AT(AT, r, k, lda)];                                       \
                 for (int j = 0; j < NR; j++)                                         \
                     tile[r * NR + j] += a * Wp[p * pstride + k * NR + j];            \
             }                                                                        \
@@ -324,22 +327,22 @@ static inline void fr_kernel_##SFX##_##R##x##P(                                 
 /* Blocks of 12 rows (FR_USE_WIDE, then at most one of 6) or of 6 take one panel per call; the
  * 1 to 5 rows left take several panels per call, to keep enough independent
  * accumulators (8 or more) to hide the FMA latency. */
-#define FR_DEFINE_KERNELS(T, SFX, V, VU, NR)                                         \
-FR_DEFINE_KERNEL_12(T, SFX, V, VU, NR)                                               \
-FR_DEFINE_KERNEL(T, SFX, V, VU, NR, 6, 1)                                            \
-FR_DEFINE_KERNEL(T, SFX, V, VU, NR, 5, 2)                                            \
-FR_DEFINE_KERNEL(T, SFX, V, VU, NR, 5, 1)                                            \
-FR_DEFINE_KERNEL(T, SFX, V, VU, NR, 4, 2)                                            \
-FR_DEFINE_KERNEL(T, SFX, V, VU, NR, 4, 1)                                            \
-FR_DEFINE_KERNEL(T, SFX, V, VU, NR, 3, 2)                                            \
-FR_DEFINE_KERNEL(T, SFX, V, VU, NR, 3, 1)                                            \
-FR_DEFINE_KERNEL(T, SFX, V, VU, NR, 2, 3)                                            \
-FR_DEFINE_KERNEL(T, SFX, V, VU, NR, 2, 2)                                            \
-FR_DEFINE_KERNEL(T, SFX, V, VU, NR, 2, 1)                                            \
-FR_DEFINE_KERNEL(T, SFX, V, VU, NR, 1, 4)                                            \
-FR_DEFINE_KERNEL(T, SFX, V, VU, NR, 1, 3)                                            \
-FR_DEFINE_KERNEL(T, SFX, V, VU, NR, 1, 2)                                            \
-FR_DEFINE_KERNEL(T, SFX, V, VU, NR, 1, 1)                                            \
+#define FR_DEFINE_KERNELS(T, SFX, V, VU, NR, AT)                                     \
+FR_DEFINE_KERNEL_12(T, SFX, V, VU, NR, AT)                                           \
+FR_DEFINE_KERNEL(T, SFX, V, VU, NR, 6, 1, AT)                                        \
+FR_DEFINE_KERNEL(T, SFX, V, VU, NR, 5, 2, AT)                                        \
+FR_DEFINE_KERNEL(T, SFX, V, VU, NR, 5, 1, AT)                                        \
+FR_DEFINE_KERNEL(T, SFX, V, VU, NR, 4, 2, AT)                                        \
+FR_DEFINE_KERNEL(T, SFX, V, VU, NR, 4, 1, AT)                                        \
+FR_DEFINE_KERNEL(T, SFX, V, VU, NR, 3, 2, AT)                                        \
+FR_DEFINE_KERNEL(T, SFX, V, VU, NR, 3, 1, AT)                                        \
+FR_DEFINE_KERNEL(T, SFX, V, VU, NR, 2, 3, AT)                                        \
+FR_DEFINE_KERNEL(T, SFX, V, VU, NR, 2, 2, AT)                                        \
+FR_DEFINE_KERNEL(T, SFX, V, VU, NR, 2, 1, AT)                                        \
+FR_DEFINE_KERNEL(T, SFX, V, VU, NR, 1, 4, AT)                                        \
+FR_DEFINE_KERNEL(T, SFX, V, VU, NR, 1, 3, AT)                                        \
+FR_DEFINE_KERNEL(T, SFX, V, VU, NR, 1, 2, AT)                                        \
+FR_DEFINE_KERNEL(T, SFX, V, VU, NR, 1, 1, AT)                                        \
                                                                                      \
 /* The last 1 to 5 rows of a product (see fr_rgemm_ldp), across all the panels. */ \
 static void fr_rgemm_rows_##SFX(ptrdiff_t rest, ptrdiff_t N, ptrdiff_t K, const T *a, ptrdiff_t lda, \
@@ -404,21 +407,21 @@ static void fr_rgemm_ldp_##SFX(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T *A
         for (ptrdiff_t p = 0; p < gp; p++)                                                \
             for (ptrdiff_t m = 0; m < big; m += mr)                                       \
                 (mr == 12 ? FR_KERNEL_12(SFX) : fr_kernel_##SFX##_6x1)(                  \
-                    K, A + m * lda, lda, wg + p * pstride, C + m * ldc + (g + p) * NR,   \
+                    K, A + FR_AT(AT, m, 0, lda), lda, wg + p * pstride, C + m * ldc + (g + p) * NR, \
                     ldc, accumulate, gn - p * NR, bg ? bg + p * NR : bg);                \
         for (ptrdiff_t m = big; m < big + full; m += 6)                                   \
             for (ptrdiff_t p = 0; p < gp; p++)                                            \
-                fr_kernel_##SFX##_6x1(K, A + m * lda, lda, wg + p * pstride,         \
+                fr_kernel_##SFX##_6x1(K, A + FR_AT(AT, m, 0, lda), lda, wg + p * pstride, \
                                       C + m * ldc + (g + p) * NR, ldc, accumulate,   \
                                       gn - p * NR, bg ? bg + p * NR : bg);           \
         const ptrdiff_t n_g = gn < gp * NR ? gn : gp * NR;                                \
         if (split7) {                                                                \
-            fr_rgemm_rows_##SFX(4, n_g, K, A + (big + full) * lda, lda, wg, pstride, C + (big + full) * ldc + g * NR, \
+            fr_rgemm_rows_##SFX(4, n_g, K, A + FR_AT(AT, big + full, 0, lda), lda, wg, pstride, C + (big + full) * ldc + g * NR, \
                                 ldc, accumulate, bg);                                \
-            fr_rgemm_rows_##SFX(3, n_g, K, A + (big + full + 4) * lda, lda, wg, pstride,   \
+            fr_rgemm_rows_##SFX(3, n_g, K, A + FR_AT(AT, big + full + 4, 0, lda), lda, wg, pstride, \
                                 C + (big + full + 4) * ldc + g * NR, ldc, accumulate, bg); \
         } else if (rest > 0) {                                                       \
-            fr_rgemm_rows_##SFX(rest, n_g, K, A + (big + full) * lda, lda, wg, pstride, C + (big + full) * ldc + g * NR, \
+            fr_rgemm_rows_##SFX(rest, n_g, K, A + FR_AT(AT, big + full, 0, lda), lda, wg, pstride, C + (big + full) * ldc + g * NR, \
                                 ldc, accumulate, bg);                                \
         }                                                                            \
     }                                                                                \
@@ -441,12 +444,20 @@ static void fr_rgemm_reversed_##SFX(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const
                            C + g * NR, ldc, accumulate, bias ? bias + g * NR : bias); \
 }
 
+/* fr_rgemm_f32t and the other ..t products read A transposed: A[m, k] at
+ * A[k * lda + m], the K x M matrix A^T in rows lda apart (the weight
+ * gradients' dG^T, read in dG itself rather than transposed into scratch
+ * first).  The same operations in the same order: the same bits. */
 #if FR_VECTOR_EXTENSIONS
-FR_DEFINE_KERNELS(float, f32, fr_vf, fr_vf_u, FR_NR_F32)
-FR_DEFINE_KERNELS(double, f64, fr_vd, fr_vd_u, FR_NR_F64)
+FR_DEFINE_KERNELS(float, f32, fr_vf, fr_vf_u, FR_NR_F32, 0)
+FR_DEFINE_KERNELS(double, f64, fr_vd, fr_vd_u, FR_NR_F64, 0)
+FR_DEFINE_KERNELS(float, f32t, fr_vf, fr_vf_u, FR_NR_F32, 1)
+FR_DEFINE_KERNELS(double, f64t, fr_vd, fr_vd_u, FR_NR_F64, 1)
 #else
-FR_DEFINE_KERNELS(float, f32, float, float, FR_NR_F32)
-FR_DEFINE_KERNELS(double, f64, double, double, FR_NR_F64)
+FR_DEFINE_KERNELS(float, f32, float, float, FR_NR_F32, 0)
+FR_DEFINE_KERNELS(double, f64, double, double, FR_NR_F64, 0)
+FR_DEFINE_KERNELS(float, f32t, float, float, FR_NR_F32, 1)
+FR_DEFINE_KERNELS(double, f64t, double, double, FR_NR_F64, 1)
 #endif
 
 /* A single step's product for a few rows, read straight from the rows of W:

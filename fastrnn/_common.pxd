@@ -34,6 +34,10 @@ cdef extern from "rgemm.h" nogil:
                           float *C, Py_ssize_t ldc, int accumulate, const float *bias)
     void fr_rgemm_ldp_f64(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const double *A, Py_ssize_t lda, const double *Wp, Py_ssize_t ldp,
                           double *C, Py_ssize_t ldc, int accumulate, const double *bias)
+    void fr_rgemm_f32t(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float *At, Py_ssize_t ldat,
+                       const float *Wp, float *C, Py_ssize_t ldc, int accumulate, const float *bias)
+    void fr_rgemm_f64t(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const double *At, Py_ssize_t ldat,
+                       const double *Wp, double *C, Py_ssize_t ldc, int accumulate, const double *bias)
     void fr_transpose_f32(float *dst, Py_ssize_t ldd, const float *src, Py_ssize_t lds, Py_ssize_t rows, Py_ssize_t cols)
     void fr_transpose_f64(double *dst, Py_ssize_t ldd, const double *src, Py_ssize_t lds, Py_ssize_t rows, Py_ssize_t cols)
     enum:
@@ -142,6 +146,17 @@ cdef inline void rgemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
             fr_rgemm_reversed_f64(m, n, k, a, lda, packed, c, ldc, accumulate, bias)
         else:
             fr_rgemm_f64(m, n, k, a, lda, packed, c, ldc, accumulate, bias)
+
+
+cdef inline void rgemm_at(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                          const floating *at, Py_ssize_t ldat, const floating *packed,
+                          floating *c, Py_ssize_t ldc, bint accumulate) noexcept nogil:
+    """c (m x n) = [c +] at.T @ w.T, at (k x m) in rows ldat apart: rgemm
+    of a = at.T, read in place (the same bits as rgemm of a copy of at.T)."""
+    if floating is float:
+        fr_rgemm_f32t(m, n, k, at, ldat, packed, c, ldc, accumulate, NULL)
+    else:
+        fr_rgemm_f64t(m, n, k, at, ldat, packed, c, ldc, accumulate, NULL)
 
 
 cdef inline void transpose(floating *dst, Py_ssize_t ldd, const floating *src, Py_ssize_t lds,

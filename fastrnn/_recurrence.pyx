@@ -50,7 +50,7 @@ from cython.parallel cimport parallel, prange
 from libc.string cimport memcpy, memset
 
 from fastrnn._common cimport (
-    floating, sigmoid, tanh, relu, rgemm, transpose, pack_rows, pack_cols, panel_width, fr_packed_len,
+    floating, sigmoid, tanh, relu, rgemm, rgemm_at, transpose, pack_rows, pack_cols, panel_width, fr_packed_len,
     FR_HAVE_OPENMP, FR_WIDE, FR_ROW_PRODUCT_ROWS, fr_row_product_f32, FR_COLS_PRODUCT_ROWS, fr_cols_product_f32,
     fr_wide_kernels, fr_group_bytes, fr_cpu_has_avx2_fma, fr_cpu_has_avx512,
     fr_cpu_avx512_half_width, fr_l2_cache_bytes, fr_compiled_for, fr_omp_get_max_threads, fr_omp_get_thread_num,
@@ -1091,6 +1091,27 @@ def forward(int cell,
 # LSTM B=16, H=1024 1.03x, B=64, H=512 1.04x; GRU B=16, H=1024 1.03x; RNN
 # B=64, H=512 1.01x; LSTM B=32, H=128, whose dweight fits L2, 0.99x).
 cdef Py_ssize_t GRAD_TILE = 48
+# The tiles' products read dG.T in dG itself, 48 columns of each of 512 rows
+# (rgemm_at), where its rows are at most 4 KB long: transposing each tile
+# into scratch first took 5-6% of the profile of training at B=32, H=128.
+# Measured on the Zen 5 VM, forward+backward alternating in one process
+# (medians of 40 ratios): at H=128, B=32: GRU 1.05x, LSTM 1.06x, RNN 1.04x;
+# B=8: GRU 1.10x, LSTM 1.06x, RNN 1.08x; RNN B=64, H=512 (2 KB rows) 1.03x.
+# Longer rows, whose 512 rows a pass spans 6-16 MB, lost: LSTM B=64, H=512
+# (8 KB) 0.99x, GRU 1.00x (6 KB); B=16, H=1024: LSTM 0.98x, GRU 0.99x.
+cdef Py_ssize_t grad_in_place_row_bytes = 4096
+
+
+def grad_in_place_bytes(nbytes=None):
+    """The longest rows (bytes) of dG that the weight gradients' products
+    read transposed in place (above: from a transposed copy); sets it when
+    given (tests vary it: the results do not depend on it).  Returns the
+    previous value."""
+    global grad_in_place_row_bytes
+    previous = grad_in_place_row_bytes
+    if nbytes is not None:
+        grad_in_place_row_bytes = max(0, int(nbytes))
+    return previous
 cdef Py_ssize_t GRAD_KC = 512
 # The RNN's blocks of steps in its backward (see pack_prev): their packed
 # states are the time loop's scratch, which with larger blocks would set the
@@ -1108,11 +1129,19 @@ cdef void weight_grad_tile(floating *dw, Py_ssize_t ldw, Py_ssize_t m0, Py_ssize
     """dw[m0:m1] += g[:kc, m0:m1].T @ b, b (kc, n_out) packed by columns; and
     the same for the rows below m_end2 of dw2 with b2; and, unless sums is
     NULL, sums[m0:m1] += the columns of g[:kc, m0:m1] summed (the bias
-    gradients, from the rows the transpose has just brought into cache rather
-    than in a pass of their own over all of g).  gt scratch (m1 - m0, kc)."""
-    transpose(gt, kc, g + m0, ldg, kc, m1 - m0)
+    gradients, a pass over the tile's part of g that brings it into cache
+    for the products, rather than a pass of their own over all of g).  The
+    products read g.T in g itself (rgemm_at) where g's rows are at most
+    grad_in_place_row_bytes long, else from a copy transposed into gt,
+    scratch (m1 - m0, kc): the same bits either way."""
     if sums != NULL:
         add_column_sums(sums + m0, g + m0, ldg, kc, m1 - m0)
+    if ldg * <Py_ssize_t>sizeof(floating) <= grad_in_place_row_bytes:
+        rgemm_at(m1 - m0, n_out, kc, g + m0, ldg, packed, dw + m0 * ldw, ldw, True)
+        if dw2 != NULL and m0 < m_end2:
+            rgemm_at(min(m1, m_end2) - m0, n_out2, kc, g + m0, ldg, packed2, dw2 + m0 * n_out2, n_out2, True)
+        return
+    transpose(gt, kc, g + m0, ldg, kc, m1 - m0)
     rgemm(m1 - m0, n_out, kc, gt, kc, packed, dw + m0 * ldw, ldw, True)
     if dw2 != NULL and m0 < m_end2:
         rgemm(min(m1, m_end2) - m0, n_out2, kc, gt, kc, packed2, dw2 + m0 * n_out2, n_out2, True)

@@ -7,5 +7,6 @@ from fastrnn._recurrence import (CELLS as CELLS, GATES as GATES, activation as a
                                  openmp_enabled as openmp_enabled, openmp_max_threads as openmp_max_threads,
                                  parallel_threshold as parallel_threshold,
                                  wide_kernels as wide_kernels, group_bytes as group_bytes,
+                                 grad_in_place_bytes as grad_in_place_bytes,
                                  pack_lengths as pack_lengths, zero_rows as zero_rows,
                                  scatter_rows as scatter_rows)

@@ -264,3 +264,27 @@ def test_the_bits_do_not_depend_on_the_groups_of_panels(restore_threads, mode, d
     for name in runs[0]:
         for other in runs[1:]:
             assert np.array_equal(runs[0][name], other[name]), f"{name} depends on the groups of panels"
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_bits_do_not_depend_on_how_the_weight_gradients_read_dG(restore_threads, mode, dtype, threads):
+    """The weight gradients' products read dG.T in dG itself (rows up to
+    4 KB) or from tiles of it transposed into scratch: both give the same
+    bits for every output and gradient.  H=136: tiles of blocks of 12 rows
+    and leftover rows of dG.T; a ragged batch in both directions, B=16 and
+    lengths 33-40: more rows than a block of the weight gradients (GRAD_KC,
+    512)."""
+    from fastrnn._kernels import recurrence as _recurrence
+    lengths = np.random.default_rng(10).integers(33, 41, size=16)
+    default = _recurrence.grad_in_place_bytes()
+    runs = []
+    try:
+        for nbytes in (0, 1 << 40):
+            _recurrence.grad_in_place_bytes(nbytes)
+            runs.append(run_everything(mode, dtype, threads, lengths, 16, True, H=136))
+    finally:
+        _recurrence.grad_in_place_bytes(default)
+    for name in runs[0]:
+        assert np.array_equal(runs[0][name], runs[1][name]), f"{name} depends on how dG is read"
