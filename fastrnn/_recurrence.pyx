@@ -1079,10 +1079,10 @@ def forward(int cell,
 
 # dweight += dG.T @ X over all N rows, in blocks of GRAD_KC rows: the threads
 # pack each block of X (and of h_prev) together, then take the output rows in
-# tiles of at most GRAD_TILE (tile_count, tile_start), each tile taking its
-# columns of the dG block transposed into scratch; one parallel region for
-# all the blocks (with one region per block, one thread packed while the
-# other waited: measured, the single region and the balanced tiles made RNN,
+# tiles of at most GRAD_TILE (tile_count, tile_start), each tile reading its
+# columns of the dG block (in place, or transposed into scratch: below); one
+# parallel region for all the blocks (with one region per block, one thread
+# packed while the other waited: measured, the single region and the balanced tiles made RNN,
 # GRU and LSTM forward+backward 2.5-7% faster at B=32, H=128).  The packed
 # blocks are the only scratch, whatever N.  Each block reads and writes all
 # of dweight once, from memory where it is larger than L3 (32 MB for the
@@ -1091,14 +1091,16 @@ def forward(int cell,
 # LSTM B=16, H=1024 1.03x, B=64, H=512 1.04x; GRU B=16, H=1024 1.03x; RNN
 # B=64, H=512 1.01x; LSTM B=32, H=128, whose dweight fits L2, 0.99x).
 cdef Py_ssize_t GRAD_TILE = 48
+cdef Py_ssize_t GRAD_KC = 512
 # The tiles' products read dG.T in dG itself, 48 columns of each of 512 rows
 # (rgemm_at), where its rows are at most 4 KB long: transposing each tile
-# into scratch first took 5-6% of the profile of training at B=32, H=128.
+# into scratch first took 5.0-6.4% of the profile of training at H=128.
 # Measured on the Zen 5 VM, forward+backward alternating in one process
 # (medians of 40 ratios): at H=128, B=32: GRU 1.05x, LSTM 1.06x, RNN 1.04x;
 # B=8: GRU 1.10x, LSTM 1.06x, RNN 1.08x; RNN B=64, H=512 (2 KB rows) 1.03x.
-# Longer rows, whose 512 rows a pass spans 6-16 MB, lost: LSTM B=64, H=512
-# (8 KB) 0.99x, GRU 1.00x (6 KB); B=16, H=1024: LSTM 0.98x, GRU 0.99x.
+# Longer rows lost (a pass over a tile then reads 512 rows 6-16 KB apart,
+# 3-8 MB): LSTM B=64, H=512 (8 KB) 0.99x, GRU 1.00x (6 KB); B=16, H=1024:
+# LSTM 0.98x, GRU 0.99x.
 cdef Py_ssize_t grad_in_place_row_bytes = 4096
 
 
@@ -1112,7 +1114,8 @@ def grad_in_place_bytes(nbytes=None):
     if nbytes is not None:
         grad_in_place_row_bytes = max(0, int(nbytes))
     return previous
-cdef Py_ssize_t GRAD_KC = 512
+
+
 # The RNN's blocks of steps in its backward (see pack_prev): their packed
 # states are the time loop's scratch, which with larger blocks would set the
 # peak of the RNN's forward+backward (at B=64, H=512: 22.4 MB; PyTorch's
