@@ -1082,8 +1082,9 @@ def forward(int cell,
 # tiles of at most GRAD_TILE (tile_count, tile_start), each tile reading its
 # columns of the dG block (in place, or transposed into scratch: below); one
 # parallel region for all the blocks (with one region per block, one thread
-# packed while the other waited: measured, the single region and the balanced tiles made RNN,
-# GRU and LSTM forward+backward 2.5-7% faster at B=32, H=128).  The packed
+# packed while the other waited: measured, the single region and the
+# balanced tiles made RNN, GRU and LSTM forward+backward 2.5-7% faster at
+# B=32, H=128).  The packed
 # blocks are the only scratch, whatever N.  Each block reads and writes all
 # of dweight once, from memory where it is larger than L3 (32 MB for the
 # LSTM's two at H=1024): blocks of 512 rows rather than 256 halve that
@@ -1799,4 +1800,3 @@ def linear_backward(floating[:, ::1] dx,           # (N, in) OUT, or (0, in): no
             for c in range(O):
                 dbias[c] += <floating>sums[c]
     call_ended()
-
